@@ -1,0 +1,666 @@
+"""Broadcast fan-out load generator: N real WebSocket clients in one process.
+
+Usage (``run.py`` drives it; it can also run alone against any server that speaks the
+websocket-shootout ``broadcast`` message)::
+
+    python bench/loadgen.py --port 8765 --clients 1000 --server-pid 1234
+
+It opens ``--clients`` receiver connections with a real HTTP upgrade handshake, then one
+sender connection. The sender sends ``broadcast`` messages ``--batch-size`` at a time
+(4, as websocket-shootout does): it sends a batch, waits until every receiver has
+received all of it and the sender has its ``broadcastResult`` for each, then sends the
+next one. The result is one JSON object on stdout.
+
+Why no WebSocket library: a Python WebSocket client per connection costs more CPU per
+received frame than the servers under test spend per delivery, so with thousands of
+clients the load generator, not the server, would set the pace. Here each receiver is
+a bare :class:`asyncio.Protocol` that does the handshake itself and afterwards only
+walks the unmasked frame headers the server sends (2 bytes plus the extended length),
+counts the frames, and checks with one ``bytes.find`` that frame *k* carries message
+*k*'s sequence token, so loss, duplication and reordering are still caught. uvloop is
+used when installed. The JSON output reports this process's own CPU use next to the
+server's, so a run where the load generator was the bottleneck shows it.
+
+What is measured, over a window that follows a warm-up:
+
+* deliveries per second: frames received by all clients (the sender's own copy
+  included, since the server writes it too) divided by the window's wall time;
+* latency of each message: from just before the sender wrote it to the moment the last
+  receiver got it (publish to last client);
+* server CPU per delivery, user and kernel, from ``/proc/<pid>/stat`` via psutil;
+* server memory per idle connection: RSS growth across connecting the receivers, / N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Final, TypedDict
+
+import psutil
+
+_WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_OP_CONTINUATION: Final = 0x0
+_OP_TEXT: Final = 0x1
+_OP_BINARY: Final = 0x2
+_OP_CLOSE: Final = 0x8
+_OP_PING: Final = 0x9
+_OP_PONG: Final = 0xA
+
+
+class LatencyStats(TypedDict):
+    """Publish-to-last-client latency over the measured window, in milliseconds."""
+
+    samples: int
+    min_ms: float
+    median_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class CpuStats(TypedDict):
+    """CPU time one process spent during the measured window."""
+
+    user_s: float
+    system_s: float
+    percent_of_one_core: float
+
+
+class MemoryStats(TypedDict):
+    """Server resident set size around connecting the idle receivers."""
+
+    rss_before_bytes: int
+    rss_idle_bytes: int
+    rss_after_broadcast_bytes: int
+    bytes_per_idle_connection: float
+
+
+class LoadgenResult(TypedDict):
+    """Everything one load generator run reports (its stdout, as JSON)."""
+
+    clients: int
+    listener_count: int
+    batch_size: int
+    frame_bytes: int
+    messages: int
+    deliveries: int
+    window_s: float
+    connect_s: float
+    deliveries_per_s: float
+    latency: LatencyStats
+    server_cpu: CpuStats
+    server_us_per_delivery: float
+    server_user_us_per_delivery: float
+    server_system_us_per_delivery: float
+    loadgen_cpu: CpuStats
+    memory: MemoryStats
+    errors: int
+    event_loop: str
+    loadgen_cpus: list[int]
+    server_cpus: list[int]
+
+
+class LoadgenError(Exception):
+    """The server misbehaved (lost, reordered or unexpected frames, closed early)."""
+
+
+def mask_frame(opcode: int, payload: bytes) -> bytes:
+    """Encode one client-to-server frame, masked as RFC 6455 requires.
+
+    Args:
+        opcode: The frame's opcode (text, close, pong, ...).
+        payload: The unmasked payload.
+
+    Returns:
+        The whole frame, FIN set.
+    """
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x80 | opcode, 0x80 | length))
+    elif length < 1 << 16:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+    key = os.urandom(4)
+    # XOR as one big integer: far faster in Python than a byte loop.
+    repeated = (key * (length // 4 + 1))[:length]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+        length, "big"
+    )
+    return header + key + masked
+
+
+def _handshake_request(host: str, port: int) -> tuple[bytes, bytes]:
+    key = base64.b64encode(os.urandom(16))
+    request = (
+        b"GET / HTTP/1.1\r\n"
+        b"Host: %s:%d\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: %s\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    ) % (host.encode(), port, key)
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())  # noqa: S324 (RFC 6455)
+    return request, accept
+
+
+class Fanout:
+    """Tracks, for each message, how many receivers have it, and when the last one did.
+
+    Receivers only report "my count went from ``start`` to ``stop``"; since each
+    receiver's frames are checked to arrive in order, message *j* has reached every
+    receiver exactly when ``reached[j]`` hits the number of receivers.
+    """
+
+    def __init__(self, receivers: int, tokens: list[bytes]) -> None:
+        """Prepare to track ``len(tokens)`` messages.
+
+        Args:
+            receivers: Number of receiver connections.
+            tokens: The sequence token each message carries, by index.
+        """
+        self.receivers = receivers
+        self.tokens = tokens
+        self.reached = [0] * len(tokens)
+        self.done_ns = [0] * len(tokens)
+        self.errors = 0
+        self.first_error = ""
+        self.batch_end = 0
+        self.sender_results = 0
+        self.sender_copies = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    def error(self, detail: str) -> None:
+        """Count a protocol violation; keep the first one for the report.
+
+        Args:
+            detail: What went wrong.
+        """
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = detail
+
+    def fail(self, exc: Exception) -> None:
+        """Abort the batch in progress.
+
+        Args:
+            exc: Why.
+        """
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    def delivered(self, start: int, stop: int) -> None:
+        """Record that one receiver got messages ``start`` up to ``stop`` (exclusive).
+
+        Args:
+            start: The receiver's count before.
+            stop: The receiver's count after.
+        """
+        now = 0
+        reached = self.reached
+        for index in range(start, min(stop, len(reached))):
+            count = reached[index] + 1
+            reached[index] = count
+            if count == self.receivers:
+                if not now:
+                    now = time.perf_counter_ns()
+                self.done_ns[index] = now
+        if stop > len(reached):
+            self.error(f"more frames than messages sent ({stop} > {len(reached)})")
+        self.check_batch()
+
+    def check_batch(self) -> None:
+        """Complete the batch waiter once every receiver and the sender have it all."""
+        end = self.batch_end
+        if (
+            self.waiter is not None
+            and not self.waiter.done()
+            and end > 0
+            and (self.receivers == 0 or self.reached[end - 1] == self.receivers)
+            and self.sender_results >= end
+            and self.sender_copies >= end
+        ):
+            self.waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """Shared handshake and frame walking; subclasses decide what to do with frames."""
+
+    def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
+        self.fanout = fanout
+        self.request = request
+        self.accept = accept
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.head = bytearray()
+        self.buffer = bytearray()
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        failure = LoadgenError(f"server closed a connection early ({exc!r})")
+        if not self.opened.done():
+            self.opened.set_exception(failure)
+        elif not self.closing:
+            self.fanout.error(str(failure))
+            self.fanout.fail(failure)
+
+    def send(self, frame: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(frame)
+
+    def close(self) -> None:
+        """Start a clean close: close frame, then drop the TCP connection."""
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(mask_frame(_OP_CLOSE, (1000).to_bytes(2, "big")))
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.opened.done():
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, rest = bytes(self.head[:end]), bytes(self.head[end + 4 :])
+            self.head.clear()
+            if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
+                self.opened.set_exception(LoadgenError(f"handshake refused: {head[:200]!r}"))
+                return
+            self.opened.set_result(None)
+            if not rest:
+                return
+            data = rest
+        if self.buffer:
+            self.buffer += data
+            consumed = self.walk(self.buffer)
+            del self.buffer[:consumed]
+        else:
+            # Common case: the read ends on a frame boundary, so no copy at all.
+            consumed = self.walk(data)
+            if consumed < len(data):
+                self.buffer += data[consumed:]
+
+    def walk(self, buf: bytes | bytearray) -> int:
+        """Handle every complete frame in ``buf``; return how many bytes they used."""
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2:
+            first, second = buf[pos], buf[pos + 1]
+            length = second & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                start = pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            if second & 0x80:
+                self.fanout.error("server sent a masked frame")
+            end = start + length
+            if end > size:
+                break
+            opcode = first & 0x0F
+            if opcode == _OP_PING:
+                self.send(mask_frame(_OP_PONG, bytes(buf[start:end])))
+            elif opcode == _OP_CLOSE:
+                if not self.closing:
+                    code = int.from_bytes(buf[start : start + 2], "big") if length >= 2 else 1005
+                    self.fanout.error(f"server sent close {code}")
+            elif opcode in (_OP_TEXT, _OP_BINARY, _OP_CONTINUATION):
+                if first & 0x80:  # FIN: a whole message is in
+                    self.message(buf, start, end, opcode)
+            elif opcode != _OP_PONG:
+                self.fanout.error(f"unknown opcode {opcode}")
+            pos = end
+        return pos
+
+    def message(self, buf: bytes | bytearray, start: int, end: int, opcode: int) -> None:
+        raise NotImplementedError
+
+
+class Receiver(_Connection):
+    """A client that only counts frames and checks their sequence tokens."""
+
+    def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
+        """Set up one receiver.
+
+        Args:
+            fanout: The shared tracker.
+            request: The HTTP upgrade request to send.
+            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
+        """
+        super().__init__(fanout, request, accept)
+        self.count = 0
+
+    def data_received(self, data: bytes) -> None:
+        before = self.count
+        super().data_received(data)
+        if self.count != before:
+            self.fanout.delivered(before, self.count)
+
+    def message(self, buf: bytes | bytearray, start: int, end: int, opcode: int) -> None:
+        tokens = self.fanout.tokens
+        index = self.count
+        # Frame k must carry message k's token: catches loss, duplicates and reordering
+        # (and any non-broadcast frame) for one bytes.find(), no JSON decoding.
+        if opcode != _OP_TEXT or (index < len(tokens) and buf.find(tokens[index], start, end) < 0):
+            self.fanout.error(f"receiver frame {index} is not message {index}: {buf[start:end]!r}")
+        self.count = index + 1
+
+
+class Sender(_Connection):
+    """The client that publishes; it decodes its (few) frames fully."""
+
+    def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
+        """Set up the sender.
+
+        Args:
+            fanout: The shared tracker.
+            request: The HTTP upgrade request to send.
+            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
+        """
+        super().__init__(fanout, request, accept)
+        self.listener_counts: set[int] = set()
+        self.frame_bytes = 0
+        self.replies: list[dict[str, object]] = []
+
+    def message(self, buf: bytes | bytearray, start: int, end: int, opcode: int) -> None:
+        try:
+            envelope = json.loads(bytes(buf[start:end]))
+        except ValueError:
+            self.fanout.error(f"sender got non-JSON {buf[start:end]!r}")
+            return
+        kind = envelope.get("type") if isinstance(envelope, dict) else None
+        if kind == "broadcast":
+            self.frame_bytes = end - start
+            self.fanout.sender_copies += 1
+        elif kind == "broadcastResult":
+            self.listener_counts.add(envelope.get("listenerCount"))
+            self.fanout.sender_results += 1
+        else:
+            self.fanout.error(f"sender got unexpected {envelope!r}")
+        self.fanout.check_batch()
+
+
+def _nearest_rank(sorted_values: list[float], fraction: float) -> float:
+    rank = max(1, -(-len(sorted_values) * fraction // 1))  # ceil without floats drifting
+    return sorted_values[int(rank) - 1]
+
+
+def _cpu(before: tuple[float, float], after: tuple[float, float], wall: float) -> CpuStats:
+    user, system = after[0] - before[0], after[1] - before[1]
+    return {
+        "user_s": user,
+        "system_s": system,
+        "percent_of_one_core": 100.0 * (user + system) / wall if wall else 0.0,
+    }
+
+
+def _times(process: psutil.Process) -> tuple[float, float]:
+    times = process.cpu_times()
+    return times.user, times.system
+
+
+async def _settled_rss(process: psutil.Process, limit_s: float = 3.0) -> int:
+    """RSS once the server has finished reacting to the connections just made.
+
+    A benchmark, not a test: the server gives no signal that it has finished setting up
+    the handlers behind the handshakes, so poll until RSS stops moving (bounded).
+    """
+    deadline = time.monotonic() + limit_s
+    last = process.memory_info().rss
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        rss = process.memory_info().rss
+        if rss == last:
+            break
+        last = rss
+    return last
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Parsed command line; see ``--help``."""
+
+    host: str
+    port: int
+    clients: int
+    server_pid: int
+    batch_size: int
+    message_bytes: int
+    warmup_batches: int
+    min_batches: int
+    max_batches: int
+    seconds: float
+    connect_concurrency: int
+    timeout: float
+
+
+async def _open(
+    loop: asyncio.AbstractEventLoop,
+    options: Options,
+    factory: type[_Connection],
+    fanout: Fanout,
+) -> _Connection:
+    request, accept = _handshake_request(options.host, options.port)
+    _, protocol = await loop.create_connection(
+        lambda: factory(fanout, request, accept), options.host, options.port
+    )
+    await protocol.opened
+    return protocol
+
+
+async def run(options: Options) -> LoadgenResult:
+    """Connect, warm up, measure one window, disconnect.
+
+    Args:
+        options: What to run.
+
+    Returns:
+        The measurements.
+
+    Raises:
+        LoadgenError: The server broke the protocol or a batch timed out.
+    """
+    loop = asyncio.get_running_loop()
+    server = psutil.Process(options.server_pid)
+    me = psutil.Process()
+    batches = options.warmup_batches + options.max_batches + 1  # +1: the solo probe
+    total = batches * options.batch_size
+    tokens = [b"s%09de" % index for index in range(total)]
+    template = json.dumps({"type": "broadcast", "payload": {"seq": "", "pad": ""}}, separators=(",", ":"))
+    pad = "x" * max(0, options.message_bytes - len(template) - len(tokens[0]))
+    frames = [
+        mask_frame(
+            _OP_TEXT,
+            json.dumps(
+                {"type": "broadcast", "payload": {"seq": token.decode(), "pad": pad}},
+                separators=(",", ":"),
+            ).encode(),
+        )
+        for token in tokens
+    ]
+    send_ns = [0] * total
+    fanout = Fanout(0, tokens)
+    receivers: list[_Connection] = []
+
+    sender = await _open(loop, options, Sender, fanout)
+    assert isinstance(sender, Sender)
+    sent = 0
+
+    async def batch() -> None:
+        nonlocal sent
+        fanout.batch_end = sent + options.batch_size
+        fanout.waiter = loop.create_future()
+        for index in range(sent, fanout.batch_end):
+            send_ns[index] = time.perf_counter_ns()
+            sender.send(frames[index])
+        sent = fanout.batch_end
+        try:
+            await asyncio.wait_for(fanout.waiter, options.timeout)
+        except TimeoutError:
+            raise LoadgenError(
+                f"batch ending at message {sent} not delivered within {options.timeout} s: "
+                f"{fanout.reached[sent - 1]}/{fanout.receivers} receivers, "
+                f"{fanout.sender_results}/{sent} results"
+            ) from None
+
+    try:
+        # One broadcast with only the sender connected: the server's first-message code
+        # paths (imports, caches) run before the memory baseline, not inside it.
+        await batch()
+        rss_before = await _settled_rss(server)
+
+        connect_started = time.perf_counter()
+        gate = asyncio.Semaphore(options.connect_concurrency)
+
+        async def open_receiver() -> None:
+            async with gate:
+                receivers.append(await _open(loop, options, Receiver, fanout))
+
+        async with asyncio.timeout(options.timeout + options.clients / 50):
+            await asyncio.gather(*(open_receiver() for _ in range(options.clients)))
+        connect_s = time.perf_counter() - connect_started
+        rss_idle = await _settled_rss(server)
+        # Receivers joined after the probe: their frame k is message k + batch_size.
+        fanout.receivers = options.clients
+        fanout.reached[: options.batch_size] = [options.clients] * options.batch_size
+        for receiver in receivers:
+            assert isinstance(receiver, Receiver)
+            receiver.count = options.batch_size
+
+        for _ in range(options.warmup_batches):
+            await batch()
+
+        first_measured = sent
+        window_start = time.perf_counter()
+        server_before, me_before = _times(server), _times(me)
+        done = 0
+        while done < options.max_batches:
+            await batch()
+            done += 1
+            if done >= options.min_batches and time.perf_counter() - window_start >= options.seconds:
+                break
+        window_s = time.perf_counter() - window_start
+        server_after, me_after = _times(server), _times(me)
+        rss_after = server.memory_info().rss
+    finally:
+        for connection in [sender, *receivers]:
+            connection.close()
+
+    if fanout.errors:
+        raise LoadgenError(f"{fanout.errors} protocol errors, first: {fanout.first_error}")
+    messages = sent - first_measured
+    listeners = options.clients + 1
+    deliveries = messages * listeners
+    latencies = sorted(
+        (fanout.done_ns[index] - send_ns[index]) / 1e6 for index in range(first_measured, sent)
+    )
+    server_cpu = _cpu(server_before, server_after, window_s)
+    counts = sender.listener_counts - {1}  # 1 was the solo probe
+    return {
+        "clients": options.clients,
+        "listener_count": counts.pop() if len(counts) == 1 else -1,
+        "batch_size": options.batch_size,
+        "frame_bytes": sender.frame_bytes,
+        "messages": messages,
+        "deliveries": deliveries,
+        "window_s": window_s,
+        "connect_s": connect_s,
+        "deliveries_per_s": deliveries / window_s,
+        "latency": {
+            "samples": len(latencies),
+            "min_ms": latencies[0],
+            "median_ms": _nearest_rank(latencies, 0.5),
+            "p99_ms": _nearest_rank(latencies, 0.99),
+            "max_ms": latencies[-1],
+        },
+        "server_cpu": server_cpu,
+        "server_us_per_delivery": 1e6 * (server_cpu["user_s"] + server_cpu["system_s"]) / deliveries,
+        "server_user_us_per_delivery": 1e6 * server_cpu["user_s"] / deliveries,
+        "server_system_us_per_delivery": 1e6 * server_cpu["system_s"] / deliveries,
+        "loadgen_cpu": _cpu(me_before, me_after, window_s),
+        "memory": {
+            "rss_before_bytes": rss_before,
+            "rss_idle_bytes": rss_idle,
+            "rss_after_broadcast_bytes": rss_after,
+            "bytes_per_idle_connection": (rss_idle - rss_before) / options.clients,
+        },
+        "errors": fanout.errors,
+        "event_loop": type(loop).__module__.split(".")[0],
+        "loadgen_cpus": sorted(os.sched_getaffinity(0)),
+        "server_cpus": sorted(os.sched_getaffinity(options.server_pid)),
+    }
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft ``RLIMIT_NOFILE`` to the hard limit: 5,000 clients need the fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _parse(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clients", type=int, required=True, help="receiver connections")
+    parser.add_argument("--server-pid", type=int, required=True, help="for CPU and RSS")
+    parser.add_argument("--batch-size", type=int, default=4, help="broadcasts in flight")
+    parser.add_argument("--message-bytes", type=int, default=250, help="sent JSON size")
+    parser.add_argument("--warmup-batches", type=int, default=5)
+    parser.add_argument("--min-batches", type=int, default=20, help="measured, at least")
+    parser.add_argument("--max-batches", type=int, default=2000, help="measured, at most")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured window target")
+    parser.add_argument("--connect-concurrency", type=int, default=100)
+    parser.add_argument("--timeout", type=float, default=30.0, help="per batch, seconds")
+    args = parser.parse_args(argv)
+    return Options(**vars(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run once and print the result as JSON.
+
+    Args:
+        argv: Command line arguments, ``sys.argv[1:]`` by default.
+
+    Returns:
+        The exit status: 0, or 1 when the server broke the protocol.
+    """
+    options = _parse(argv)
+    raise_open_files_limit()
+    try:
+        import uvloop  # noqa: PLC0415 (optional)
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        result = runner(run(options))
+    except (LoadgenError, OSError) as exc:
+        print(f"loadgen: {exc}", file=sys.stderr)
+        return 1
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Automation for trio_hub: `nox` runs the tests, the linter and the type checker.
+
+Modelled on urllib3's noxfile: one shared install helper, separate sessions.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def install_groups(session: nox.Session, *groups: str, editable: bool = True) -> None:
+    """Install the project and the named dependency groups from pyproject.toml."""
+    requirements: list[str] = []
+    for group in groups:
+        requirements.extend(nox.project.dependency_groups(PYPROJECT, group))
+    project = ["-e", "."] if editable else ["."]
+    session.install(*project, *requirements)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pass extra pytest arguments after --)."""
+    install_groups(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Run ruff's linter and format check."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Run mypy in strict mode over the package and the tests."""
+    install_groups(session, "typecheck", "test")
+    session.run("mypy")

@@ -1,0 +1,54 @@
+"""trio_hub: a WebSocket broadcast hub for Trio.
+
+Open a hub with :func:`open_hub`, register trio-websocket connections with
+:meth:`Hub.serve_client`, and send with :meth:`Hub.broadcast` and
+:meth:`Hub.publish`. Every public name is re-exported here.
+"""
+
+from ._client import Client as Client
+from ._closecodes import CloseCode as CloseCode
+from ._config import MessageHandler as MessageHandler
+from ._errors import HubClosedError as HubClosedError
+from ._errors import HubError as HubError
+from ._errors import InvalidEnvelopeError as InvalidEnvelopeError
+from ._errors import InvalidJSONError as InvalidJSONError
+from ._errors import MessageDecodeError as MessageDecodeError
+from ._errors import MessageEncodeError as MessageEncodeError
+from ._errors import MessageError as MessageError
+from ._errors import TransportClosed as TransportClosed
+from ._hub import BroadcastSender as BroadcastSender
+from ._hub import Hub as Hub
+from ._hub import open_hub as open_hub
+from ._message import JSONValue as JSONValue
+from ._message import Message as Message
+from ._policy import SlowClientPolicy as SlowClientPolicy
+from ._statistics import ClientStatistics as ClientStatistics
+from ._statistics import HubStatistics as HubStatistics
+from ._transport import Transport as Transport
+from ._transport import WebSocketTransport as WebSocketTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BroadcastSender",
+    "Client",
+    "ClientStatistics",
+    "CloseCode",
+    "Hub",
+    "HubClosedError",
+    "HubError",
+    "HubStatistics",
+    "InvalidEnvelopeError",
+    "InvalidJSONError",
+    "JSONValue",
+    "Message",
+    "MessageDecodeError",
+    "MessageEncodeError",
+    "MessageError",
+    "MessageHandler",
+    "SlowClientPolicy",
+    "Transport",
+    "TransportClosed",
+    "WebSocketTransport",
+    "open_hub",
+]

@@ -1,0 +1,433 @@
+"""One registered client: its bounded queue and its reader, writer and keepalive tasks."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, NoReturn, final
+
+import trio
+
+from ._closecodes import CloseCode
+from ._errors import HubClosedError, MessageDecodeError, TransportClosed
+from ._message import Message
+from ._policy import SlowClientPolicy
+from ._statistics import ClientStatistics
+
+if TYPE_CHECKING:
+    from ._config import MessageHandler
+    from ._hub import Hub
+    from ._transport import Transport
+
+__all__ = ["Client"]
+
+logger: Final = logging.getLogger("trio_hub")
+
+_client_ids: Final = itertools.count(1)
+
+
+@final
+class Client:
+    """One connection registered with a :class:`Hub`.
+
+    Clients are created by :meth:`Hub.register` and :meth:`Hub.serve_client`;
+    there is no public constructor. A client runs three tasks in the hub's
+    nursery until it leaves:
+
+    * a **reader**, which passes each inbound message to the ``on_message``
+      handler (the Trio form of gorilla's readPump);
+    * a **writer**, which drains the client's bounded queue into the transport,
+      several messages per write, each in its own frame (writePump);
+    * a **keepalive**, which pings every ``ping_interval`` seconds.
+
+    Whatever goes wrong with one client ends that client alone: see
+    :ref:`isolation`.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_backlog_bytes",
+        "_close_code",
+        "_close_reason",
+        "_config",
+        "_delivered",
+        "_discarded",
+        "_dropped",
+        "_ending",
+        "_finished",
+        "_hub",
+        "_id",
+        "_identity",
+        "_keepalive_scope",
+        "_on_message",
+        "_reader_scope",
+        "_receive_queue",
+        "_scope",
+        "_send_queue",
+        "_topics",
+        "_transport",
+    )
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("Client objects are created by Hub.register() or Hub.serve_client()")
+
+    @classmethod
+    def _create(
+        cls,
+        hub: Hub,
+        transport: Transport,
+        *,
+        identity: object,
+        on_message: MessageHandler | None,
+    ) -> Client:
+        self = cls.__new__(cls)
+        config = hub._config
+        self._hub = hub
+        self._config = config
+        self._transport = transport
+        self._identity = identity
+        self._on_message = on_message
+        self._id = next(_client_ids)
+        self._send_queue, self._receive_queue = trio.open_memory_channel[Message](
+            config.queue_size
+        )
+        # Messages accepted and not yet written: those in the channel plus the
+        # batch the writer holds. This, not the channel's own buffer, is the
+        # bound, so that memory per client is queue_size x message size exactly.
+        self._backlog = 0
+        self._backlog_bytes = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._discarded = 0
+        self._topics: set[str] = set()
+        self._ending = False
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._scope = trio.CancelScope()
+        self._reader_scope = trio.CancelScope()
+        self._keepalive_scope = trio.CancelScope()
+        self._finished = trio.Event()
+        return self
+
+    # ----------------------------------------------------------------- public
+
+    @property
+    def id(self) -> int:
+        """A number unique to this client within the process."""
+        return self._id
+
+    @property
+    def identity(self) -> object:
+        """What the application attached at registration (for example a user id)."""
+        return self._identity
+
+    @property
+    def transport(self) -> Transport:
+        """The transport this client talks through."""
+        return self._transport
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this client is subscribed to now."""
+        return frozenset(self._topics)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client has left the hub (it may still be closing)."""
+        return self._ending
+
+    @property
+    def close_code(self) -> int | None:
+        """Why the client left: the close code sent or received, or ``None``.
+
+        ``None`` while the client is registered. 1006 means the connection ended
+        without a close frame.
+        """
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason that goes with :attr:`close_code`."""
+        return self._close_reason
+
+    def subscribe(self, topic: str) -> None:
+        """Subscribe to ``topic``; same as :meth:`Hub.subscribe`."""
+        self._hub.subscribe(self, topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Unsubscribe from ``topic``; same as :meth:`Hub.unsubscribe`."""
+        self._hub.unsubscribe(self, topic)
+
+    def send(self, message: Message) -> bool:
+        """Queue ``message`` for this client alone, in order with broadcasts.
+
+        Like :meth:`Hub.broadcast`, this never waits, and the hub's slow-client
+        policy applies when the queue is full.
+
+        Returns:
+            ``True`` if the message was accepted (written or queued), ``False``
+            if the client has left or the policy dropped it or evicted the client.
+
+        Raises:
+            HubClosedError: if the hub is closing.
+        """
+        hub = self._hub
+        if hub._closing:
+            raise HubClosedError("the hub is closing: send() is no longer possible")
+        hub._messages_sent += 1
+        if self._ending:
+            return False
+        return self._offer(message)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Remove the client from the hub and start closing its connection.
+
+        The client stops receiving at once. Its queued messages are discarded
+        (and counted); use :meth:`Hub.aclose` for a draining shutdown. Calling
+        it again, or on a client that has left, does nothing.
+        """
+        self._end(code, reason)
+
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """:meth:`close`, then wait until the connection is closed and every task ended."""
+        self._end(code, reason)
+        await self._finished.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until the client has left and all its tasks have ended."""
+        await self._finished.wait()
+
+    def statistics(self) -> ClientStatistics:
+        """Return a frozen snapshot of this client's counters."""
+        return ClientStatistics(
+            queued=self._backlog,
+            queued_bytes=self._backlog_bytes,
+            delivered=self._delivered,
+            dropped=self._dropped,
+            discarded=self._discarded,
+            topics=frozenset(self._topics),
+        )
+
+    def __repr__(self) -> str:
+        state = "open" if not self._ending else f"closed {self._close_code}"
+        return f"<trio_hub.Client #{self._id} {state} {self._transport!r}>"
+
+    # ------------------------------------------------------------ the queue
+
+    def _offer(self, message: Message) -> bool:
+        # The hot path: called once per message per client, synchronously from
+        # broadcast()/publish(). Never awaits.
+        if self._backlog == 0:
+            try:
+                taken = self._transport.send_nowait(message)
+            except Exception:
+                # A faulty transport must not break the broadcast for others.
+                self._hub._errors += 1
+                logger.exception("client #%d: transport.send_nowait() raised", self._id)
+                self._end(CloseCode.INTERNAL_ERROR, "internal error")
+                return False
+            if taken:
+                # Nothing waits ahead of this message, and the transport took it
+                # whole without blocking: no queue, no task switch.
+                self._delivered += 1
+                self._hub._deliveries += 1
+                return True
+        size = len(message.encode())
+        config = self._config
+        if self._backlog >= config.queue_size or (
+            config.max_queue_bytes is not None
+            and self._backlog
+            and self._backlog_bytes + size > config.max_queue_bytes
+        ):
+            return self._on_full(message, size)
+        self._enqueue(message, size)
+        return True
+
+    def _enqueue(self, message: Message, size: int) -> None:
+        self._send_queue.send_nowait(message)
+        self._backlog += 1
+        self._backlog_bytes += size
+
+    def _on_full(self, message: Message, size: int) -> bool:
+        policy = self._config.on_slow_client
+        if policy is SlowClientPolicy.EVICT:
+            self._evict("queue full")
+            return False
+        if policy is SlowClientPolicy.DROP_OLDEST:
+            max_bytes = self._config.max_queue_bytes
+            while self._backlog >= self._config.queue_size or (
+                max_bytes is not None and self._backlog and self._backlog_bytes + size > max_bytes
+            ):
+                try:
+                    oldest = self._receive_queue.receive_nowait()
+                except trio.WouldBlock:
+                    # Everything left is already being written: nothing older
+                    # can be dropped, so the new message goes instead.
+                    break
+                self._backlog -= 1
+                self._backlog_bytes -= len(oldest.encode())
+                self._count_drop()
+            else:
+                self._enqueue(message, size)
+                return True
+        self._count_drop()
+        return False
+
+    def _count_drop(self) -> None:
+        self._dropped += 1
+        self._hub._drops += 1
+
+    def _evict(self, why: str) -> None:
+        if self._ending:
+            return
+        self._hub._evictions += 1
+        logger.info("client #%d evicted: %s (close code %d)", self._id, why, CloseCode.SLOW_CLIENT)
+        self._end(CloseCode.SLOW_CLIENT, f"slow client: {why}")
+
+    # --------------------------------------------------------- the lifecycle
+
+    def _end(self, code: int, reason: str) -> None:
+        """Leave the hub now (synchronously) and cancel this client's tasks."""
+        if self._ending:
+            return
+        self._ending = True
+        self._close_code = code
+        self._close_reason = reason
+        self._hub._unregister(self)
+        self._scope.cancel()
+
+    def _start_drain(self) -> None:
+        """Hub shutdown: stop reading and pinging, write what is queued, then leave."""
+        self._reader_scope.cancel()
+        self._keepalive_scope.cancel()
+        self._send_queue.close()
+
+    async def _run(self) -> None:
+        # The hub, not an enclosing cancel scope, decides when a client ends, so
+        # that cancelling the scope around open_hub() still drains and closes
+        # every client with 1001. Every wait inside is bounded by a timeout or
+        # ended by the hub's own shutdown.
+        with trio.CancelScope(shield=True):
+            try:
+                with self._scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._guard, self._read_loop)
+                        nursery.start_soon(self._guard, self._write_loop)
+                        if self._config.ping_interval is not None:
+                            nursery.start_soon(self._guard, self._keepalive_loop)
+            except Exception:
+                self._hub._errors += 1
+                logger.exception("client #%d failed; closing it with 1011", self._id)
+                self._end(CloseCode.INTERNAL_ERROR, "internal error")
+            await self._finish()
+
+    async def _finish(self) -> None:
+        if not self._ending:  # every task ended by itself: nothing left to do
+            self._end(CloseCode.NORMAL, "")
+        if self._backlog:
+            self._discarded += self._backlog
+            self._hub._discarded += self._backlog
+            self._backlog = 0
+            self._backlog_bytes = 0
+        self._send_queue.close()
+        self._receive_queue.close()
+        assert self._close_code is not None
+        with trio.move_on_after(self._config.close_timeout):
+            try:
+                await self._transport.close(self._close_code, self._close_reason)
+            except Exception:  # the peer may be long gone; closing is best effort
+                logger.debug("client #%d: error while closing", self._id, exc_info=True)
+        logger.debug("client #%d left (close code %s)", self._id, self._close_code)
+        self._hub._client_finished(self)
+        self._finished.set()
+
+    async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await loop()
+        except TransportClosed as exc:
+            # The peer or the network ended the connection: an ordinary way to
+            # leave, not an error.
+            code = exc.code if exc.code is not None else CloseCode.ABNORMAL
+            self._end(code, exc.reason)
+
+    async def _read_loop(self) -> None:
+        with self._reader_scope:
+            while True:
+                data = await self._transport.receive()
+                if isinstance(data, bytes | bytearray):
+                    self._end(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+                    return
+                try:
+                    message = Message.decode(data)
+                except MessageDecodeError as exc:
+                    logger.debug("client #%d sent an invalid message: %s", self._id, exc)
+                    self._reply_error(exc.code, str(exc))
+                    continue
+                handler = self._on_message
+                if handler is None:
+                    continue
+                try:
+                    await handler(self, message)
+                except Exception:
+                    self._hub._errors += 1
+                    logger.exception(
+                        "client #%d: the on_message handler raised; closing it with 1011",
+                        self._id,
+                    )
+                    self._end(CloseCode.INTERNAL_ERROR, "internal error")
+                    return
+
+    def _reply_error(self, code: str, detail: str) -> None:
+        if not self._hub._closing:
+            self.send(Message("error", {"code": code, "detail": detail}))
+
+    async def _write_loop(self) -> None:
+        receive_queue = self._receive_queue
+        transport = self._transport
+        hub = self._hub
+        write_timeout = self._config.write_timeout
+        while True:
+            try:
+                batch = [await receive_queue.receive()]
+            except trio.EndOfChannel:
+                # Hub shutdown, and everything queued has been written.
+                self._end(CloseCode.GOING_AWAY, "hub shutting down")
+                return
+            # Take everything that piled up while we waited: one write for the
+            # lot, each message still its own frame.
+            while True:
+                try:
+                    batch.append(receive_queue.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            with trio.move_on_after(write_timeout) as write_scope:
+                await transport.send_batch(batch)
+            if write_scope.cancelled_caught:
+                self._evict(f"a write took longer than write_timeout={write_timeout}s")
+                return
+            written = len(batch)
+            self._backlog -= written
+            self._backlog_bytes -= sum(len(message.encode()) for message in batch)
+            self._delivered += written
+            hub._deliveries += written
+
+    async def _keepalive_loop(self) -> None:
+        interval = self._config.ping_interval
+        assert interval is not None
+        pong_timeout = self._config.pong_timeout
+        with self._keepalive_scope:
+            while True:
+                await trio.sleep(interval)
+                with trio.move_on_after(pong_timeout) as pong_scope:
+                    await self._transport.ping()
+                if pong_scope.cancelled_caught:
+                    self._hub._keepalive_timeouts += 1
+                    logger.info(
+                        "client #%d did not answer a ping within %ss; closing it with %d",
+                        self._id,
+                        pong_timeout,
+                        CloseCode.KEEPALIVE_TIMEOUT,
+                    )
+                    self._end(CloseCode.KEEPALIVE_TIMEOUT, "keepalive timeout")
+                    return

@@ -1,0 +1,477 @@
+"""The hub: registry, topics, broadcast and publish, statistics, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Final, NoReturn, Protocol, final, runtime_checkable
+
+import trio
+from trio_websocket import WebSocketConnection
+
+from ._client import Client
+from ._closecodes import CloseCode
+from ._config import HubConfig, MessageHandler
+from ._errors import HubClosedError
+from ._message import Message
+from ._policy import SlowClientPolicy
+from ._statistics import HubStatistics
+from ._transport import Transport, WebSocketTransport
+
+__all__ = ["BroadcastSender", "Hub", "open_hub"]
+
+logger: Final = logging.getLogger("trio_hub")
+
+
+@runtime_checkable
+class BroadcastSender(Protocol):
+    """The part of a hub that code which only sends messages needs.
+
+    Take a ``BroadcastSender`` instead of a :class:`Hub` in code that only
+    broadcasts, and pass a :class:`trio_hub.testing.RecordingBroadcaster` in its
+    tests. :class:`Hub` satisfies this protocol, statically and at run time.
+    """
+
+    def broadcast(self, message: Message) -> int:
+        """Send ``message`` to every client; return how many it was meant for."""
+        ...
+
+    def publish(self, topic: str, message: Message) -> int:
+        """Send ``message`` to ``topic``'s subscribers; return how many there were."""
+        ...
+
+
+@final
+class Hub:
+    """A set of clients that messages are broadcast and published to.
+
+    Get one from :func:`open_hub`; there is no public constructor. Every method
+    except :meth:`serve_client`, :meth:`aclose` and :meth:`wait_closed` is
+    synchronous and never waits for a client.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_all_finished",
+        "_clients",
+        "_closed",
+        "_closing",
+        "_config",
+        "_deliveries",
+        "_discarded",
+        "_drops",
+        "_errors",
+        "_evictions",
+        "_keepalive_timeouts",
+        "_live",
+        "_messages_broadcast",
+        "_messages_published",
+        "_messages_sent",
+        "_nursery",
+        "_registrations",
+        "_topics",
+    )
+
+    def __init__(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("Hub objects are created by open_hub()")
+
+    @classmethod
+    def _create(cls, nursery: trio.Nursery, config: HubConfig) -> Hub:
+        self = cls.__new__(cls)
+        self._nursery = nursery
+        self._config = config
+        # dicts, not sets: iteration follows registration order, which keeps
+        # runs reproducible.
+        self._clients: dict[Client, None] = {}
+        self._topics: dict[str, dict[Client, None]] = {}
+        # Clients whose tasks are still running, registered or closing.
+        self._live: set[Client] = set()
+        self._closing = False
+        self._all_finished = trio.Event()
+        self._closed = trio.Event()
+        self._messages_broadcast = 0
+        self._messages_published = 0
+        self._messages_sent = 0
+        self._deliveries = 0
+        self._drops = 0
+        self._evictions = 0
+        self._keepalive_timeouts = 0
+        self._discarded = 0
+        self._errors = 0
+        self._registrations = 0
+        return self
+
+    # ---------------------------------------------------------- registration
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has started; the hub then takes no new clients."""
+        return self._closing
+
+    @property
+    def clients(self) -> frozenset[Client]:
+        """The clients registered now."""
+        return frozenset(self._clients)
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def register(
+        self,
+        connection: WebSocketConnection | Transport,
+        *,
+        topics: Iterable[str] = (),
+        identity: object = None,
+        on_message: MessageHandler | None = None,
+    ) -> Client:
+        """Register a connection and start its tasks in the hub's nursery.
+
+        The client receives every message broadcast from now on, and what is
+        published on ``topics``, until it disconnects, is removed with
+        :meth:`Client.close`, or is evicted.
+
+        When you register a trio-websocket connection from inside a
+        :func:`trio_websocket.serve_websocket` handler, the handler must not
+        return while the client is connected (trio-websocket closes the
+        connection when it does): use :meth:`serve_client` there.
+
+        Args:
+            connection: An accepted :class:`trio_websocket.WebSocketConnection`,
+                or any :class:`Transport`.
+            topics: Topics to subscribe the client to at once.
+            identity: Anything the application wants to attach to the client,
+                available as :attr:`Client.identity`.
+            on_message: Handler for this client's inbound messages; overrides
+                the hub's ``on_message``.
+
+        Returns:
+            The new client.
+
+        Raises:
+            HubClosedError: if :meth:`aclose` has started.
+            TypeError: if ``connection`` is neither a trio-websocket connection
+                nor a :class:`Transport`.
+        """
+        if self._closing:
+            raise HubClosedError("the hub is closed: it takes no new clients")
+        transport: Transport
+        if isinstance(connection, WebSocketConnection):
+            transport = WebSocketTransport(connection)
+        elif isinstance(connection, Transport):
+            transport = connection
+        else:
+            raise TypeError(
+                "connection must be a trio_websocket.WebSocketConnection or implement "
+                f"trio_hub.Transport, got {type(connection).__name__}"
+            )
+        topic_list = [_check_topic(topic) for topic in topics]
+        client = Client._create(
+            self,
+            transport,
+            identity=identity,
+            on_message=on_message if on_message is not None else self._config.on_message,
+        )
+        self._clients[client] = None
+        self._live.add(client)
+        self._registrations += 1
+        for topic in topic_list:
+            self._topics.setdefault(topic, {})[client] = None
+            client._topics.add(topic)
+        self._nursery.start_soon(client._run, name=f"trio_hub client #{client.id}")
+        logger.debug("client #%d registered: %r", client.id, transport)
+        return client
+
+    async def serve_client(
+        self,
+        connection: WebSocketConnection | Transport,
+        *,
+        topics: Iterable[str] = (),
+        identity: object = None,
+        on_message: MessageHandler | None = None,
+    ) -> Client:
+        """Register a connection, and return once the client has left.
+
+        This is the call for a trio-websocket handler: it keeps the handler
+        alive while the client is connected. If the calling task is cancelled,
+        the client is closed with 1001 before this returns.
+
+        Args:
+            connection: As for :meth:`register`.
+            topics: As for :meth:`register`.
+            identity: As for :meth:`register`.
+            on_message: As for :meth:`register`.
+
+        Returns:
+            The client, closed; :attr:`Client.close_code` says why it left.
+
+        Raises:
+            HubClosedError: if :meth:`aclose` has started.
+        """
+        client = self.register(
+            connection, topics=topics, identity=identity, on_message=on_message
+        )
+        try:
+            await client.wait_closed()
+        finally:
+            if not client._finished.is_set():
+                client.close(CloseCode.GOING_AWAY, "server shutting down")
+                with trio.CancelScope(shield=True):
+                    await client.wait_closed()
+        return client
+
+    def _unregister(self, client: Client) -> None:
+        self._clients.pop(client, None)
+        for topic in client._topics:
+            subscribers = self._topics[topic]
+            del subscribers[client]
+            if not subscribers:
+                del self._topics[topic]
+        client._topics.clear()
+
+    def _client_finished(self, client: Client) -> None:
+        self._live.discard(client)
+        if self._closing and not self._live:
+            self._all_finished.set()
+
+    # ---------------------------------------------------------------- topics
+
+    def subscribe(self, client: Client, topic: str) -> None:
+        """Subscribe ``client`` to ``topic``; it then receives what is published there.
+
+        Subscribing twice is harmless. A client that has left stays unsubscribed.
+
+        Raises:
+            ValueError: if ``topic`` is not a non-empty ``str``.
+        """
+        _check_topic(topic)
+        if client._ending or client._hub is not self:
+            return
+        self._topics.setdefault(topic, {})[client] = None
+        client._topics.add(topic)
+
+    def unsubscribe(self, client: Client, topic: str) -> None:
+        """Unsubscribe ``client`` from ``topic``; harmless if it was not subscribed."""
+        subscribers = self._topics.get(topic)
+        if subscribers is None or client not in subscribers:
+            return
+        del subscribers[client]
+        if not subscribers:
+            del self._topics[topic]
+        client._topics.discard(topic)
+
+    def topics(self) -> frozenset[str]:
+        """The topics that have at least one subscriber now."""
+        return frozenset(self._topics)
+
+    # ------------------------------------------------------------ messaging
+
+    def broadcast(self, message: Message) -> int:
+        """Send ``message`` to every registered client, without waiting.
+
+        Each client receives messages in the order of the calls, across
+        broadcasts and publishes. A client whose queue is full gets the hub's
+        slow-client policy; the others are not affected.
+
+        Returns:
+            How many clients the message was meant for (registered now).
+
+        Raises:
+            HubClosedError: if :meth:`aclose` has started.
+        """
+        if self._closing:
+            raise HubClosedError("the hub is closing: broadcast() is no longer possible")
+        self._messages_broadcast += 1
+        return self._fan_out(self._clients, message)
+
+    def publish(self, topic: str, message: Message) -> int:
+        """Send ``message`` to the clients subscribed to ``topic``, without waiting.
+
+        Returns:
+            How many subscribers the message was meant for (0 if none).
+
+        Raises:
+            HubClosedError: if :meth:`aclose` has started.
+            ValueError: if ``topic`` is not a non-empty ``str``.
+        """
+        _check_topic(topic)
+        if self._closing:
+            raise HubClosedError("the hub is closing: publish() is no longer possible")
+        self._messages_published += 1
+        subscribers = self._topics.get(topic)
+        if not subscribers:
+            return 0
+        return self._fan_out(subscribers, message)
+
+    def _fan_out(self, clients: dict[Client, None], message: Message) -> int:
+        if type(message) is not Message:
+            raise TypeError(f"expected a trio_hub.Message, got {type(message).__name__}")
+        # A snapshot: an eviction during the loop unregisters its client.
+        targets = list(clients)
+        for client in targets:
+            client._offer(message)
+        return len(targets)
+
+    # ------------------------------------------------------------ statistics
+
+    def statistics(self) -> HubStatistics:
+        """Return a frozen snapshot of the hub's state and counters."""
+        queued = queued_bytes = 0
+        for client in self._live:
+            queued += client._backlog
+            queued_bytes += client._backlog_bytes
+        return HubStatistics(
+            clients=len(self._clients),
+            clients_per_topic=types.MappingProxyType(
+                {topic: len(subscribers) for topic, subscribers in self._topics.items()}
+            ),
+            messages_broadcast=self._messages_broadcast,
+            messages_published=self._messages_published,
+            messages_sent=self._messages_sent,
+            deliveries=self._deliveries,
+            queued=queued,
+            queued_bytes=queued_bytes,
+            drops=self._drops,
+            evictions=self._evictions,
+            keepalive_timeouts=self._keepalive_timeouts,
+            discarded=self._discarded,
+            errors=self._errors,
+            registrations=self._registrations,
+        )
+
+    # -------------------------------------------------------------- shutdown
+
+    async def aclose(self) -> None:
+        """Shut the hub down; return once every client task has ended.
+
+        The sequence (see :ref:`shutdown`):
+
+        1. Registration stops: :meth:`register`, :meth:`broadcast` and
+           :meth:`publish` raise :class:`HubClosedError` from now on.
+        2. Each client stops reading and pinging, and its writer flushes what is
+           queued, for up to ``drain_timeout`` seconds in all.
+        3. Every client is closed with 1001 (going away); each close handshake
+           gets up to ``close_timeout`` seconds.
+        4. Every client task has ended when this returns.
+
+        It is idempotent and safe to call from several tasks at once: every call
+        returns when the shutdown is complete. Leaving :func:`open_hub`'s block,
+        or cancelling the scope around it, runs the same sequence.
+        """
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        logger.debug("hub closing: %d clients", len(self._clients))
+        if not self._live:
+            self._all_finished.set()
+        # Shielded: a caller's cancellation must not leave the hub half closed.
+        # Every step is bounded by drain_timeout or close_timeout.
+        with trio.CancelScope(shield=True):
+            for client in list(self._clients):
+                client._start_drain()
+            with trio.move_on_after(self._config.drain_timeout):
+                await self._all_finished.wait()
+            for client in list(self._clients):
+                client.close(CloseCode.GOING_AWAY, "hub shutting down")
+            await self._all_finished.wait()
+        self._closed.set()
+        logger.debug("hub closed")
+
+    async def wait_closed(self) -> None:
+        """Wait until a shutdown that has started has completed."""
+        await self._closed.wait()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closing else "open"
+        return f"<trio_hub.Hub {state}, {len(self._clients)} clients>"
+
+
+def _check_topic(topic: str) -> str:
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"a topic must be a non-empty str, got {topic!r}")
+    return topic
+
+
+@asynccontextmanager
+async def open_hub(
+    *,
+    queue_size: int = 256,
+    max_queue_bytes: int | None = None,
+    on_slow_client: SlowClientPolicy = SlowClientPolicy.EVICT,
+    ping_interval: float | None = 20.0,
+    pong_timeout: float = 20.0,
+    write_timeout: float = 10.0,
+    drain_timeout: float = 5.0,
+    close_timeout: float = 5.0,
+    on_message: MessageHandler | None = None,
+) -> AsyncIterator[Hub]:
+    """Open a hub that owns a nursery for its clients' tasks.
+
+    Leaving the ``async with`` block shuts the hub down as :meth:`Hub.aclose`
+    does, whether the block ends normally, raises, or is cancelled.
+
+    Args:
+        queue_size: Messages that may wait for one client (accepted and not yet
+            written) before the slow-client policy applies.
+        max_queue_bytes: An optional bound on the encoded size of those
+            messages. A message is always accepted into an empty queue.
+        on_slow_client: What to do when a client's queue is full.
+        ping_interval: Seconds between keepalive pings; ``None`` disables them.
+        pong_timeout: Seconds a client has to answer a ping before it is closed
+            with 4001.
+        write_timeout: Seconds one write to a client may take before the client
+            is evicted with 4000.
+        drain_timeout: Seconds that shutdown waits, in all, for queued messages
+            to be written before closing clients.
+        close_timeout: Seconds each client's close handshake may take.
+        on_message: Default handler for inbound messages: an async callable
+            taking ``(client, message)``. Invalid envelopes never reach it; the
+            hub answers them with an ``error`` message.
+
+    Yields:
+        The open hub.
+
+    Raises:
+        ValueError: if a setting is out of range.
+    """
+    config = HubConfig(
+        queue_size=queue_size,
+        max_queue_bytes=max_queue_bytes,
+        on_slow_client=on_slow_client,
+        ping_interval=ping_interval,
+        pong_timeout=pong_timeout,
+        write_timeout=write_timeout,
+        drain_timeout=drain_timeout,
+        close_timeout=close_timeout,
+        on_message=on_message,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            hub = Hub._create(nursery, config)
+            try:
+                yield hub
+            finally:
+                # aclose() shields itself, so cancelling the enclosing scope gets
+                # the same orderly shutdown, bounded by drain_timeout and
+                # close_timeout.
+                await hub.aclose()
+    except BaseExceptionGroup as group:
+        # The hub's own tasks never raise (each client catches and logs its
+        # failures), so a group from the nursery holds exactly the exception
+        # that left the ``async with`` block. Re-raise it as itself, as
+        # trio-websocket's open_websocket() does, instead of wrapped.
+        if len(group.exceptions) != 1:
+            raise
+        _reraise(group.exceptions[0])
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    __tracebackhide__ = True
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context

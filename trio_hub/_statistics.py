@@ -1,0 +1,71 @@
+"""Frozen snapshots of a hub's and a client's counters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["ClientStatistics", "HubStatistics"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HubStatistics:
+    """A snapshot of a hub's state and counters, from :meth:`Hub.statistics`.
+
+    Every counter counts since the hub opened. For every client,
+    ``messages meant for it = delivered + dropped + discarded + still queued``,
+    so these totals always add up.
+
+    Attributes:
+        clients: Clients registered now.
+        clients_per_topic: For each topic with at least one subscriber, how many.
+        messages_broadcast: Calls to :meth:`Hub.broadcast`.
+        messages_published: Calls to :meth:`Hub.publish`.
+        messages_sent: Messages sent to one client with :meth:`Client.send`.
+        deliveries: Messages written to a client's transport.
+        queued: Messages accepted for a client and not yet written, now.
+        queued_bytes: The encoded size of those messages, now.
+        drops: Messages a drop policy discarded because a queue was full.
+        evictions: Clients closed for being slow (full queue or write timeout).
+        keepalive_timeouts: Clients closed for not answering a ping.
+        discarded: Messages still queued for a client when it left (it
+            disconnected, was evicted or removed); never written.
+        errors: Clients ended by an exception in a handler or a transport.
+        registrations: Clients registered since the hub opened.
+    """
+
+    clients: int
+    clients_per_topic: Mapping[str, int]
+    messages_broadcast: int
+    messages_published: int
+    messages_sent: int
+    deliveries: int
+    queued: int
+    queued_bytes: int
+    drops: int
+    evictions: int
+    keepalive_timeouts: int
+    discarded: int
+    errors: int
+    registrations: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientStatistics:
+    """A snapshot of one client's counters, from :meth:`Client.statistics`.
+
+    Attributes:
+        queued: Messages accepted and not yet written.
+        queued_bytes: Their encoded size.
+        delivered: Messages written to the transport.
+        dropped: Messages a drop policy discarded for this client.
+        discarded: Messages still queued when the client left.
+        topics: The topics the client is subscribed to.
+    """
+
+    queued: int
+    queued_bytes: int
+    delivered: int
+    dropped: int
+    discarded: int
+    topics: frozenset[str]

@@ -1,0 +1,123 @@
+"""The small interface that a client needs from its connection.
+
+A :class:`Transport` is what the hub drives for one client. trio_hub ships two: an
+adapter for trio-websocket's :class:`~trio_websocket.WebSocketConnection`, and the
+in-memory transport of :mod:`trio_hub.testing`. Anything else that implements
+these five methods can be registered too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, final, runtime_checkable
+
+
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ._errors import TransportClosed
+from ._message import Message
+
+__all__ = ["Transport", "WebSocketTransport"]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What the hub needs from one client's connection.
+
+    Every method may raise :class:`TransportClosed` once the connection is gone.
+    The hub calls :meth:`send_batch` and :meth:`send_nowait` from one place per
+    client, never concurrently with each other.
+    """
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next inbound message: ``str`` for text, ``bytes`` for binary."""
+        ...
+
+    async def send_batch(self, messages: Sequence[Message]) -> None:
+        """Write ``messages`` in order, each as its own WebSocket text frame."""
+        ...
+
+    def send_nowait(self, message: Message) -> bool:
+        """Try to write ``message`` at once, without blocking.
+
+        Returns:
+            ``True`` if the transport took the whole message (written, or owned
+            and certain to be written before anything sent later); ``False`` if
+            it took nothing, in which case the hub queues the message. A
+            transport with no non-blocking path always returns ``False``.
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Send a ping and return once the matching pong arrives."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with ``code`` and ``reason``; idempotent."""
+        ...
+
+
+@final
+class WebSocketTransport:
+    """A :class:`Transport` over a trio-websocket connection.
+
+    The hub wraps a :class:`~trio_websocket.WebSocketConnection` in this adapter
+    when you register one directly. It has no non-blocking write path, so every
+    message goes through the client's queue and writer task.
+
+    Args:
+        connection: An open (accepted) server-side connection.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: WebSocketConnection) -> None:
+        self._connection = connection
+
+    @property
+    def connection(self) -> WebSocketConnection:
+        """The wrapped connection."""
+        return self._connection
+
+    async def receive(self) -> str | bytes:
+        """See :meth:`Transport.receive`."""
+        try:
+            return await self._connection.get_message()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def send_batch(self, messages: Sequence[Message]) -> None:
+        """See :meth:`Transport.send_batch`."""
+        try:
+            for message in messages:
+                await self._connection.send_message(message.text)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    def send_nowait(self, message: Message) -> bool:
+        """See :meth:`Transport.send_nowait`; always ``False`` here."""
+        return False
+
+    async def ping(self) -> None:
+        """See :meth:`Transport.ping`."""
+        try:
+            await self._connection.ping()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        """See :meth:`Transport.close`."""
+        await self._connection.aclose(code, reason)
+
+    def __repr__(self) -> str:
+        remote = self._connection.remote
+        return f"<WebSocketTransport {remote}>"
+
+
+def _closed(exc: ConnectionClosed) -> TransportClosed:
+    reason = exc.reason
+    if reason is None:
+        return TransportClosed(None)
+    return TransportClosed(reason.code, reason.reason or "")
+
+
