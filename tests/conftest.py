@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 # CI runs more examples than a quick local run; both are deterministic per seed.
 settings.register_profile(
     "ci",
-    max_examples=200,
+    max_examples=500,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     derandomize=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Final, NoReturn, final
+from typing import TYPE_CHECKING, Final, final
 
 import trio
 
@@ -14,6 +14,7 @@ from ._errors import HubClosedError, MessageDecodeError, TransportClosed
 from ._message import Message
 from ._policy import SlowClientPolicy
 from ._statistics import ClientStatistics
+from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._config import MessageHandler
@@ -26,9 +27,13 @@ logger: Final = logging.getLogger("trio_hub")
 
 _client_ids: Final = itertools.count(1)
 
+# The most bytes of queued messages that one write takes (one larger message
+# always goes alone). write_timeout applies to each such write.
+_MAX_BATCH_BYTES: Final = 64 * 1024
+
 
 @final
-class Client:
+class Client(metaclass=NoPublicConstructor):
     """One connection registered with a :class:`Hub`.
 
     Clients are created by :meth:`Hub.register` and :meth:`Hub.serve_client`;
@@ -46,6 +51,7 @@ class Client:
     """
 
     __slots__ = (
+        "_aborted",
         "_backlog",
         "_backlog_bytes",
         "_close_code",
@@ -69,19 +75,14 @@ class Client:
         "_transport",
     )
 
-    def __init__(self, *args: object, **kwargs: object) -> NoReturn:
-        raise TypeError("Client objects are created by Hub.register() or Hub.serve_client()")
-
-    @classmethod
-    def _create(
-        cls,
+    def __init__(
+        self,
         hub: Hub,
         transport: Transport,
         *,
         identity: object,
         on_message: MessageHandler | None,
-    ) -> Client:
-        self = cls.__new__(cls)
+    ) -> None:
         config = hub._config
         self._hub = hub
         self._config = config
@@ -89,9 +90,7 @@ class Client:
         self._identity = identity
         self._on_message = on_message
         self._id = next(_client_ids)
-        self._send_queue, self._receive_queue = trio.open_memory_channel[Message](
-            config.queue_size
-        )
+        self._send_queue, self._receive_queue = trio.open_memory_channel[Message](config.queue_size)
         # Messages accepted and not yet written: those in the channel plus the
         # batch the writer holds. This, not the channel's own buffer, is the
         # bound, so that memory per client is queue_size x message size exactly.
@@ -102,13 +101,14 @@ class Client:
         self._discarded = 0
         self._topics: set[str] = set()
         self._ending = False
+        # Set when a write was cut short: the connection must be aborted, not closed.
+        self._aborted = False
         self._close_code: int | None = None
         self._close_reason = ""
         self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
         self._keepalive_scope = trio.CancelScope()
         self._finished = trio.Event()
-        return self
 
     # ----------------------------------------------------------------- public
 
@@ -252,6 +252,9 @@ class Client:
     def _on_full(self, message: Message, size: int) -> bool:
         policy = self._config.on_slow_client
         if policy is SlowClientPolicy.EVICT:
+            # The message that found the queue full is never written either.
+            self._discarded += 1
+            self._hub._discarded += 1
             self._evict("queue full")
             return False
         if policy is SlowClientPolicy.DROP_OLDEST:
@@ -333,11 +336,18 @@ class Client:
         self._send_queue.close()
         self._receive_queue.close()
         assert self._close_code is not None
-        with trio.move_on_after(self._config.close_timeout):
+        with trio.move_on_after(self._config.close_timeout) as close_scope:
             try:
-                await self._transport.close(self._close_code, self._close_reason)
+                if self._aborted:
+                    await self._transport.abort()
+                else:
+                    await self._transport.close(self._close_code, self._close_reason)
             except Exception:  # the peer may be long gone; closing is best effort
                 logger.debug("client #%d: error while closing", self._id, exc_info=True)
+        if close_scope.cancelled_caught and not self._aborted:
+            # The close frame did not get through in time; drop the connection.
+            with trio.move_on_after(self._config.close_timeout):
+                await self._transport.abort()
         logger.debug("client #%d left (close code %s)", self._id, self._close_code)
         self._hub._client_finished(self)
         self._finished.set()
@@ -394,21 +404,30 @@ class Client:
                 # Hub shutdown, and everything queued has been written.
                 self._end(CloseCode.GOING_AWAY, "hub shutting down")
                 return
-            # Take everything that piled up while we waited: one write for the
-            # lot, each message still its own frame.
-            while True:
+            # Take what piled up while we waited: one write for the lot, each
+            # message still its own frame. The batch is capped in bytes so that
+            # write_timeout bounds the progress of one write, not of a backlog.
+            batch_bytes = len(batch[0].encode())
+            while batch_bytes < _MAX_BATCH_BYTES:
                 try:
-                    batch.append(receive_queue.receive_nowait())
+                    message = receive_queue.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            with trio.move_on_after(write_timeout) as write_scope:
+                batch.append(message)
+                batch_bytes += len(message.encode())
+            # A write is never interrupted by the client being closed or evicted:
+            # a frame cut in half cannot be taken back, and would turn the close
+            # frame after it into garbage. Only write_timeout interrupts it, and
+            # then the connection is aborted rather than closed.
+            with trio.CancelScope(shield=True), trio.move_on_after(write_timeout) as write_scope:
                 await transport.send_batch(batch)
             if write_scope.cancelled_caught:
+                self._aborted = True
                 self._evict(f"a write took longer than write_timeout={write_timeout}s")
                 return
             written = len(batch)
             self._backlog -= written
-            self._backlog_bytes -= sum(len(message.encode()) for message in batch)
+            self._backlog_bytes -= batch_bytes
             self._delivered += written
             hub._deliveries += written
 

@@ -55,9 +55,7 @@ def _encode_stdlib(value: object) -> bytes:
 def _reject_non_finite(value: object) -> None:
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise MessageEncodeError(
-                f"payload holds {value!r}, which JSON cannot represent"
-            )
+            raise MessageEncodeError(f"payload holds {value!r}, which JSON cannot represent")
     elif isinstance(value, dict):
         for item in value.values():
             _reject_non_finite(item)

@@ -19,6 +19,7 @@ from ._message import Message
 from ._policy import SlowClientPolicy
 from ._statistics import HubStatistics
 from ._transport import Transport, WebSocketTransport
+from ._util import NoPublicConstructor
 
 __all__ = ["BroadcastSender", "Hub", "open_hub"]
 
@@ -44,7 +45,7 @@ class BroadcastSender(Protocol):
 
 
 @final
-class Hub:
+class Hub(metaclass=NoPublicConstructor):
     """A set of clients that messages are broadcast and published to.
 
     Get one from :func:`open_hub`; there is no public constructor. Every method
@@ -74,12 +75,7 @@ class Hub:
         "_topics",
     )
 
-    def __init__(self, *args: object, **kwargs: object) -> NoReturn:
-        raise TypeError("Hub objects are created by open_hub()")
-
-    @classmethod
-    def _create(cls, nursery: trio.Nursery, config: HubConfig) -> Hub:
-        self = cls.__new__(cls)
+    def __init__(self, nursery: trio.Nursery, config: HubConfig) -> None:
         self._nursery = nursery
         self._config = config
         # dicts, not sets: iteration follows registration order, which keeps
@@ -101,7 +97,6 @@ class Hub:
         self._discarded = 0
         self._errors = 0
         self._registrations = 0
-        return self
 
     # ---------------------------------------------------------- registration
 
@@ -111,9 +106,9 @@ class Hub:
         return self._closing
 
     @property
-    def clients(self) -> frozenset[Client]:
-        """The clients registered now."""
-        return frozenset(self._clients)
+    def clients(self) -> tuple[Client, ...]:
+        """The clients registered now, in the order they registered."""
+        return tuple(self._clients)
 
     def __len__(self) -> int:
         return len(self._clients)
@@ -209,9 +204,7 @@ class Hub:
         Raises:
             HubClosedError: if :meth:`aclose` has started.
         """
-        client = self.register(
-            connection, topics=topics, identity=identity, on_message=on_message
-        )
+        client = self.register(connection, topics=topics, identity=identity, on_message=on_message)
         try:
             await client.wait_closed()
         finally:

@@ -9,12 +9,12 @@ from . import _codec
 from ._errors import InvalidEnvelopeError, MessageEncodeError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["JSONValue", "Message"]
 
 JSONValue: TypeAlias = (
-    "None | bool | int | float | str | Sequence[JSONValue] | Mapping[str, JSONValue]"
+    "bool | int | float | str | Sequence[JSONValue] | Mapping[str, JSONValue] | None"
 )
 """Any value that JSON can represent.
 
@@ -65,7 +65,7 @@ class Message:
     # at most once per message, however many clients it reaches.
     _frame: bytes | None
 
-    def __init__(self, type: str, payload: JSONValue = None) -> None:  # noqa: A002
+    def __init__(self, type: str, payload: JSONValue = None) -> None:
         if not isinstance(type, str) or not type:
             raise MessageEncodeError(f"message type must be a non-empty str, got {type!r}")
         self._type = type
@@ -75,7 +75,7 @@ class Message:
         self._data = _codec.encode({"type": type, "payload": payload})
 
     @classmethod
-    def _trusted(cls, type: str, payload: JSONValue, data: bytes | None) -> Self:  # noqa: A002
+    def _trusted(cls, type: str, payload: JSONValue, data: bytes | None) -> Self:
         # For payloads that came out of a JSON decoder (known to be valid JSON) or
         # for pre-encoded bytes built by trio_hub itself: skip validation, and
         # encode lazily if ``data`` is None.
@@ -139,9 +139,7 @@ class Message:
         """
         obj = _codec.decode(data)
         if not isinstance(obj, dict):
-            raise InvalidEnvelopeError(
-                f"a message must be a JSON object, got {_json_kind(obj)}"
-            )
+            raise InvalidEnvelopeError(f"a message must be a JSON object, got {_json_kind(obj)}")
         extra = obj.keys() - _ENVELOPE_FIELDS
         if extra:
             raise InvalidEnvelopeError(

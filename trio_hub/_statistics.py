@@ -28,8 +28,9 @@ class HubStatistics:
         drops: Messages a drop policy discarded because a queue was full.
         evictions: Clients closed for being slow (full queue or write timeout).
         keepalive_timeouts: Clients closed for not answering a ping.
-        discarded: Messages still queued for a client when it left (it
-            disconnected, was evicted or removed); never written.
+        discarded: Messages meant for a client that left (it disconnected,
+            was evicted or removed) and never confirmed written: those still
+            queued, and under EVICT the message that found the queue full.
         errors: Clients ended by an exception in a handler or a transport.
         registrations: Clients registered since the hub opened.
     """

@@ -3,7 +3,7 @@
 A :class:`Transport` is what the hub drives for one client. trio_hub ships two: an
 adapter for trio-websocket's :class:`~trio_websocket.WebSocketConnection`, and the
 in-memory transport of :mod:`trio_hub.testing`. Anything else that implements
-these five methods can be registered too.
+these six methods can be registered too.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, final, runtime_checkable
 
-
+import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from ._closecodes import CloseCode
 from ._errors import TransportClosed
 from ._message import Message
 
@@ -54,6 +55,15 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str) -> None:
         """Close the connection with ``code`` and ``reason``; idempotent."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop the connection at once, without a close frame; idempotent.
+
+        The hub calls this instead of :meth:`close` when a write was cut short
+        (by ``write_timeout``), because the stream may then end in the middle of
+        a frame, and a close frame after it would be garbage to the peer.
+        """
         ...
 
 
@@ -109,6 +119,14 @@ class WebSocketTransport:
         """See :meth:`Transport.close`."""
         await self._connection.aclose(code, reason)
 
+    async def abort(self) -> None:
+        """See :meth:`Transport.abort`."""
+        # trio-websocket's aclose(), when cancelled before it can send the close
+        # frame, still closes the underlying stream: exactly an abort.
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await self._connection.aclose(CloseCode.ABNORMAL)
+
     def __repr__(self) -> str:
         remote = self._connection.remote
         return f"<WebSocketTransport {remote}>"
@@ -119,5 +137,3 @@ def _closed(exc: ConnectionClosed) -> TransportClosed:
     if reason is None:
         return TransportClosed(None)
     return TransportClosed(reason.code, reason.reason or "")
-
-

@@ -101,7 +101,7 @@ class RecordingBroadcaster:
         """Forget everything recorded so far."""
         self.sent.clear()
 
-    def assert_broadcast(self, type: str, payload: JSONValue = None) -> None:  # noqa: A002
+    def assert_broadcast(self, type: str, payload: JSONValue = None) -> None:
         """Assert that a message with this type and payload was broadcast.
 
         Raises:
@@ -109,11 +109,9 @@ class RecordingBroadcaster:
         """
         expected = Message(type, payload)
         if expected not in self.broadcasts:
-            raise AssertionError(
-                f"expected a broadcast of {expected!r}; {self._describe_sent()}"
-            )
+            raise AssertionError(f"expected a broadcast of {expected!r}; {self._describe_sent()}")
 
-    def assert_published(self, topic: str, type: str, payload: JSONValue = None) -> None:  # noqa: A002
+    def assert_published(self, topic: str, type: str, payload: JSONValue = None) -> None:
         """Assert that a message with this type and payload was published on ``topic``.
 
         Raises:
@@ -132,9 +130,7 @@ class RecordingBroadcaster:
             AssertionError: showing both sequences, if they differ.
         """
         if list(expected) != self.sent:
-            raise AssertionError(
-                f"expected exactly {list(expected)!r}; {self._describe_sent()}"
-            )
+            raise AssertionError(f"expected exactly {list(expected)!r}; {self._describe_sent()}")
 
     def assert_nothing_sent(self) -> None:
         """Assert that nothing was broadcast or published.
@@ -200,8 +196,8 @@ class _Link:
         "outbound_receive",
         "outbound_send",
         "peer_closed",
-        "reason",
         "pings",
+        "reason",
     )
 
     def __init__(self, wire_capacity: int | float, inbound_capacity: int | float) -> None:
@@ -285,6 +281,10 @@ class MemoryTransport:
         # The client reads what was written before the close, then the close.
         link.outbound_send.close()
         link.inbound_receive.close()
+
+    async def abort(self) -> None:
+        """See :meth:`trio_hub.Transport.abort`; the client sees code 1006."""
+        await self.close(CloseCode.ABNORMAL, "")
 
     def _closed(self) -> TransportClosed:
         return TransportClosed(self._link.code, self._link.reason)
@@ -396,7 +396,7 @@ class MemoryClient:
 
     async def expect(
         self,
-        type: str,  # noqa: A002
+        type: str,
         payload: JSONValue = None,
         *,
         timeout: float = _DEFAULT_TIMEOUT,
@@ -438,7 +438,9 @@ class MemoryClient:
 
     def _closed(self) -> MemoryClientClosed:
         code = self._link.code
-        return MemoryClientClosed(code if code is not None else CloseCode.ABNORMAL, self._link.reason)
+        return MemoryClientClosed(
+            code if code is not None else CloseCode.ABNORMAL, self._link.reason
+        )
 
     def __repr__(self) -> str:
         return f"<MemoryClient pending={self.pending} close_code={self.close_code}>"
