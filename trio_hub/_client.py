@@ -118,6 +118,11 @@ class Client(metaclass=NoPublicConstructor):
         return self._id
 
     @property
+    def hub(self) -> Hub:
+        """The hub this client is (or was) registered with."""
+        return self._hub
+
+    @property
     def identity(self) -> object:
         """What the application attached at registration (for example a user id)."""
         return self._identity

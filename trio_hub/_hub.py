@@ -14,12 +14,13 @@ from trio_websocket import WebSocketConnection
 from ._client import Client
 from ._closecodes import CloseCode
 from ._config import HubConfig, MessageHandler
-from ._errors import HubClosedError
+from ._errors import HubClosedError, MessageError
 from ._message import Message
 from ._policy import SlowClientPolicy
 from ._statistics import HubStatistics
 from ._transport import Transport, WebSocketTransport
 from ._util import NoPublicConstructor
+from .backends._base import Backend, MemoryBackend
 
 __all__ = ["BroadcastSender", "Hub", "open_hub"]
 
@@ -56,6 +57,8 @@ class Hub(metaclass=NoPublicConstructor):
     __slots__ = (
         "__weakref__",
         "_all_finished",
+        "_backend",
+        "_backend_scope",
         "_clients",
         "_closed",
         "_closing",
@@ -69,15 +72,19 @@ class Hub(metaclass=NoPublicConstructor):
         "_live",
         "_messages_broadcast",
         "_messages_published",
+        "_messages_received",
         "_messages_sent",
         "_nursery",
         "_registrations",
         "_topics",
     )
 
-    def __init__(self, nursery: trio.Nursery, config: HubConfig) -> None:
+    def __init__(self, nursery: trio.Nursery, config: HubConfig, backend: Backend) -> None:
         self._nursery = nursery
         self._config = config
+        # The default in-process backend does nothing: skip it on the hot path.
+        self._backend: Backend | None = None if isinstance(backend, MemoryBackend) else backend
+        self._backend_scope = trio.CancelScope()
         # dicts, not sets: iteration follows registration order, which keeps
         # runs reproducible.
         self._clients: dict[Client, None] = {}
@@ -90,6 +97,7 @@ class Hub(metaclass=NoPublicConstructor):
         self._messages_broadcast = 0
         self._messages_published = 0
         self._messages_sent = 0
+        self._messages_received = 0
         self._deliveries = 0
         self._drops = 0
         self._evictions = 0
@@ -172,8 +180,7 @@ class Hub(metaclass=NoPublicConstructor):
         self._live.add(client)
         self._registrations += 1
         for topic in topic_list:
-            self._topics.setdefault(topic, {})[client] = None
-            client._topics.add(topic)
+            self._add_subscriber(topic, client)
         self._nursery.start_soon(client._run, name=f"trio_hub client #{client.id}")
         logger.debug("client #%d registered: %r", client.id, transport)
         return client
@@ -216,12 +223,28 @@ class Hub(metaclass=NoPublicConstructor):
 
     def _unregister(self, client: Client) -> None:
         self._clients.pop(client, None)
-        for topic in client._topics:
-            subscribers = self._topics[topic]
-            del subscribers[client]
-            if not subscribers:
-                del self._topics[topic]
-        client._topics.clear()
+        for topic in list(client._topics):
+            self._remove_subscriber(topic, client)
+
+    def _add_subscriber(self, topic: str, client: Client) -> None:
+        subscribers = self._topics.get(topic)
+        if subscribers is None:
+            subscribers = self._topics[topic] = {}
+            if self._backend is not None:
+                self._backend.subscribe(topic)
+        subscribers[client] = None
+        client._topics.add(topic)
+
+    def _remove_subscriber(self, topic: str, client: Client) -> None:
+        subscribers = self._topics.get(topic)
+        if subscribers is None or client not in subscribers:
+            return
+        del subscribers[client]
+        client._topics.discard(topic)
+        if not subscribers:
+            del self._topics[topic]
+            if self._backend is not None:
+                self._backend.unsubscribe(topic)
 
     def _client_finished(self, client: Client) -> None:
         self._live.discard(client)
@@ -241,18 +264,11 @@ class Hub(metaclass=NoPublicConstructor):
         _check_topic(topic)
         if client._ending or client._hub is not self:
             return
-        self._topics.setdefault(topic, {})[client] = None
-        client._topics.add(topic)
+        self._add_subscriber(topic, client)
 
     def unsubscribe(self, client: Client, topic: str) -> None:
         """Unsubscribe ``client`` from ``topic``; harmless if it was not subscribed."""
-        subscribers = self._topics.get(topic)
-        if subscribers is None or client not in subscribers:
-            return
-        del subscribers[client]
-        if not subscribers:
-            del self._topics[topic]
-        client._topics.discard(topic)
+        self._remove_subscriber(topic, client)
 
     def topics(self) -> frozenset[str]:
         """The topics that have at least one subscriber now."""
@@ -276,7 +292,10 @@ class Hub(metaclass=NoPublicConstructor):
         if self._closing:
             raise HubClosedError("the hub is closing: broadcast() is no longer possible")
         self._messages_broadcast += 1
-        return self._fan_out(self._clients, message)
+        count = self._fan_out(self._clients, message)
+        if self._backend is not None:
+            self._backend.publish(None, message.encode())
+        return count
 
     def publish(self, topic: str, message: Message) -> int:
         """Send ``message`` to the clients subscribed to ``topic``, without waiting.
@@ -293,9 +312,32 @@ class Hub(metaclass=NoPublicConstructor):
             raise HubClosedError("the hub is closing: publish() is no longer possible")
         self._messages_published += 1
         subscribers = self._topics.get(topic)
-        if not subscribers:
-            return 0
-        return self._fan_out(subscribers, message)
+        count = self._fan_out(subscribers, message) if subscribers else 0
+        if self._backend is not None:
+            self._backend.publish(topic, message.encode())
+        return count
+
+    def deliver(self, topic: str | None, data: bytes) -> None:
+        """Deliver a message that another node published; called by the backend.
+
+        It reaches the local clients as a local broadcast (``topic=None``) or
+        publication would, in order with local messages. Data that does not
+        decode is logged and dropped; it never reaches a client.
+        """
+        if self._closing:
+            return
+        try:
+            message = Message.decode(data)
+        except MessageError:
+            logger.exception("dropped an undecodable message from the backend")
+            return
+        self._messages_received += 1
+        if topic is None:
+            self._fan_out(self._clients, message)
+        else:
+            subscribers = self._topics.get(topic)
+            if subscribers:
+                self._fan_out(subscribers, message)
 
     def _fan_out(self, clients: dict[Client, None], message: Message) -> int:
         if type(message) is not Message:
@@ -322,6 +364,7 @@ class Hub(metaclass=NoPublicConstructor):
             messages_broadcast=self._messages_broadcast,
             messages_published=self._messages_published,
             messages_sent=self._messages_sent,
+            messages_received=self._messages_received,
             deliveries=self._deliveries,
             queued=queued,
             queued_bytes=queued_bytes,
@@ -331,6 +374,11 @@ class Hub(metaclass=NoPublicConstructor):
             discarded=self._discarded,
             errors=self._errors,
             registrations=self._registrations,
+            backend=(
+                self._backend.statistics()
+                if self._backend is not None
+                else MemoryBackend().statistics()
+            ),
         )
 
     # -------------------------------------------------------------- shutdown
@@ -369,12 +417,19 @@ class Hub(metaclass=NoPublicConstructor):
             for client in list(self._clients):
                 client.close(CloseCode.GOING_AWAY, "hub shutting down")
             await self._all_finished.wait()
+        # Last, once no client can publish any more: disconnect from the backend.
+        self._backend_scope.cancel()
         self._closed.set()
         logger.debug("hub closed")
 
     async def wait_closed(self) -> None:
         """Wait until a shutdown that has started has completed."""
         await self._closed.wait()
+
+    async def _run_backend(self, *, task_status: trio.TaskStatus[None]) -> None:
+        assert self._backend is not None
+        with self._backend_scope:
+            await self._backend.run(self, task_status=task_status)
 
     def __repr__(self) -> str:
         state = "closed" if self._closing else "open"
@@ -399,6 +454,7 @@ async def open_hub(
     drain_timeout: float = 5.0,
     close_timeout: float = 5.0,
     on_message: MessageHandler | None = None,
+    backend: Backend | None = None,
 ) -> AsyncIterator[Hub]:
     """Open a hub that owns a nursery for its clients' tasks.
 
@@ -422,12 +478,16 @@ async def open_hub(
         on_message: Default handler for inbound messages: an async callable
             taking ``(client, message)``. Invalid envelopes never reach it; the
             hub answers them with an ``error`` message.
+        backend: Where broadcasts and publications are shared with other hub
+            processes; by default a :class:`~trio_hub.backends.MemoryBackend`
+            (this process only). See :mod:`trio_hub.backends`.
 
     Yields:
         The open hub.
 
     Raises:
         ValueError: if a setting is out of range.
+        BackendUnavailableError: if the backend cannot be reached at start.
     """
     config = HubConfig(
         queue_size=queue_size,
@@ -442,7 +502,9 @@ async def open_hub(
     )
     try:
         async with trio.open_nursery() as nursery:
-            hub = Hub._create(nursery, config)
+            hub = Hub._create(nursery, config, backend if backend is not None else MemoryBackend())
+            if hub._backend is not None:
+                await nursery.start(hub._run_backend)
             try:
                 yield hub
             finally:

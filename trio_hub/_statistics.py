@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .backends._base import BackendStatistics
+
 __all__ = ["ClientStatistics", "HubStatistics"]
 
 
@@ -22,6 +24,8 @@ class HubStatistics:
         messages_broadcast: Calls to :meth:`Hub.broadcast`.
         messages_published: Calls to :meth:`Hub.publish`.
         messages_sent: Messages sent to one client with :meth:`Client.send`.
+        messages_received: Broadcasts and publications from other nodes,
+            delivered to local clients (see :mod:`trio_hub.backends`).
         deliveries: Messages written to a client's transport.
         queued: Messages accepted for a client and not yet written, now.
         queued_bytes: The encoded size of those messages, now.
@@ -33,6 +37,7 @@ class HubStatistics:
             queued, and under EVICT the message that found the queue full.
         errors: Clients ended by an exception in a handler or a transport.
         registrations: Clients registered since the hub opened.
+        backend: The backend's state and counters.
     """
 
     clients: int
@@ -40,6 +45,7 @@ class HubStatistics:
     messages_broadcast: int
     messages_published: int
     messages_sent: int
+    messages_received: int
     deliveries: int
     queued: int
     queued_bytes: int
@@ -49,6 +55,7 @@ class HubStatistics:
     discarded: int
     errors: int
     registrations: int
+    backend: BackendStatistics
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
