@@ -22,6 +22,11 @@ from ._hub import open_hub as open_hub
 from ._message import JSONValue as JSONValue
 from ._message import Message as Message
 from ._policy import SlowClientPolicy as SlowClientPolicy
+from ._server import Authenticator as Authenticator
+from ._server import HandshakeRejection as HandshakeRejection
+from ._server import HandshakeRequest as HandshakeRequest
+from ._server import HubServer as HubServer
+from ._server import serve_hub as serve_hub
 from ._statistics import ClientStatistics as ClientStatistics
 from ._statistics import HubStatistics as HubStatistics
 from ._transport import Transport as Transport
@@ -30,13 +35,17 @@ from ._transport import WebSocketTransport as WebSocketTransport
 __version__ = "0.1.0"
 
 __all__ = [
+    "Authenticator",
     "BroadcastSender",
     "Client",
     "ClientStatistics",
     "CloseCode",
+    "HandshakeRejection",
+    "HandshakeRequest",
     "Hub",
     "HubClosedError",
     "HubError",
+    "HubServer",
     "HubStatistics",
     "InvalidEnvelopeError",
     "InvalidJSONError",
@@ -51,4 +60,5 @@ __all__ = [
     "TransportClosed",
     "WebSocketTransport",
     "open_hub",
+    "serve_hub",
 ]

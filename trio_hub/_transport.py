@@ -94,7 +94,7 @@ class WebSocketTransport:
         try:
             return await self._connection.get_message()
         except ConnectionClosed as exc:
-            raise _closed(exc) from None
+            raise transport_closed(exc) from None
 
     async def send_batch(self, messages: Sequence[Message]) -> None:
         """See :meth:`Transport.send_batch`."""
@@ -102,7 +102,7 @@ class WebSocketTransport:
             for message in messages:
                 await self._connection.send_message(message.text)
         except ConnectionClosed as exc:
-            raise _closed(exc) from None
+            raise transport_closed(exc) from None
 
     def send_nowait(self, message: Message) -> bool:
         """See :meth:`Transport.send_nowait`; always ``False`` here."""
@@ -113,7 +113,7 @@ class WebSocketTransport:
         try:
             await self._connection.ping()
         except ConnectionClosed as exc:
-            raise _closed(exc) from None
+            raise transport_closed(exc) from None
 
     async def close(self, code: int, reason: str) -> None:
         """See :meth:`Transport.close`."""
@@ -132,7 +132,7 @@ class WebSocketTransport:
         return f"<WebSocketTransport {remote}>"
 
 
-def _closed(exc: ConnectionClosed) -> TransportClosed:
+def transport_closed(exc: ConnectionClosed) -> TransportClosed:
     reason = exc.reason
     if reason is None:
         return TransportClosed(None)

@@ -1,0 +1,486 @@
+"""serve_hub(): accept WebSocket clients for a hub, with a handshake policy."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import math
+import types
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from http import HTTPStatus
+from typing import Final, final
+from urllib.parse import parse_qsl, urlsplit
+
+import trio
+from trio_websocket import wrap_server_stream
+
+from ._closecodes import CloseCode
+from ._errors import HubClosedError, HubError
+from ._hub import Hub
+from ._stream import FastWebSocketTransport, HubStream
+from ._util import NoPublicConstructor
+
+__all__ = [
+    "Authenticator",
+    "HandshakeRejection",
+    "HandshakeRequest",
+    "HubServer",
+    "default_index_html",
+    "serve_hub",
+]
+
+logger: Final = logging.getLogger("trio_hub")
+
+_MAX_HEAD_BYTES: Final = 16 * 1024
+_RESPONSE_TIMEOUT: Final = 5.0
+
+
+class HandshakeRejection(HubError):
+    """Raise it from an ``authenticate`` hook to refuse a client before the upgrade.
+
+    The client gets a real HTTP response with ``status`` and ``body``, and never
+    becomes a WebSocket.
+
+    Args:
+        status: The HTTP status, usually 401 (who are you?) or 403 (not you).
+        body: A short text for the response body.
+    """
+
+    def __init__(self, status: int = 403, body: str = "Forbidden") -> None:
+        if not 400 <= status <= 599:
+            raise ValueError(f"a rejection needs a 4xx or 5xx status, got {status}")
+        super().__init__(status, body)
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandshakeRequest:
+    """What an ``authenticate`` hook sees of the client's upgrade request.
+
+    Attributes:
+        path: The request path, without the query: ``"/chat"``.
+        query: The query parameters (for a repeated name, the last value).
+        headers: The request headers, with lower-case names (for a repeated
+            header, the values joined with ``", "``).
+        remote: The client's address and port, if known.
+    """
+
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    remote: tuple[str, int] | None
+
+
+Authenticator = Callable[[HandshakeRequest], Awaitable[object]]
+"""An async callable that returns the client's identity or raises :class:`HandshakeRejection`."""
+
+
+def default_index_html() -> bytes:
+    """The built-in browser page that :func:`serve_hub` serves on ``GET /``."""
+    return importlib.resources.files("trio_hub").joinpath("_static/index.html").read_bytes()
+
+
+@final
+class HubServer(metaclass=NoPublicConstructor):
+    """A running :func:`serve_hub`; ``await nursery.start(serve_hub, ...)`` returns it."""
+
+    __slots__ = (
+        "_accept_scope",
+        "_connections",
+        "_handler_scopes",
+        "_hub",
+        "_listeners",
+        "_stopped",
+    )
+
+    def __init__(self, hub: Hub, listeners: list[trio.SocketListener]) -> None:
+        self._hub = hub
+        self._listeners = listeners
+        self._accept_scope = trio.CancelScope()
+        self._stopped = trio.Event()
+        self._connections = 0
+        self._handler_scopes: set[trio.CancelScope] = set()
+
+    @property
+    def hub(self) -> Hub:
+        """The hub whose clients this server accepts."""
+        return self._hub
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the real one, when you asked for 0)."""
+        port: int = self._listeners[0].socket.getsockname()[1]
+        return port
+
+    @property
+    def host(self) -> str:
+        """The address the (first) listener is bound to."""
+        host: str = self._listeners[0].socket.getsockname()[0]
+        return host
+
+    @property
+    def url(self) -> str:
+        """``ws://HOST:PORT/`` for the first listener."""
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}/"
+
+    @property
+    def connections(self) -> int:
+        """Connections open now: WebSocket clients and handshakes in progress."""
+        return self._connections
+
+    async def aclose(self) -> None:
+        """Stop accepting, then shut the hub down; return when both are done.
+
+        Idempotent. Cancelling the scope that runs :func:`serve_hub` does the same.
+        """
+        self._accept_scope.cancel()
+        await self._stopped.wait()
+
+
+async def serve_hub(
+    hub: Hub,
+    host: str | None,
+    port: int,
+    *,
+    authenticate: Authenticator | None = None,
+    allowed_origins: Iterable[str] = (),
+    max_connections: int | None = None,
+    handshake_timeout: float = 10.0,
+    max_message_size: int = 1 << 20,
+    index_html: bytes | None = None,
+    task_status: trio.TaskStatus[HubServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept WebSocket clients for ``hub`` on ``host``:``port``.
+
+    Use it with ``server = await nursery.start(serve_hub, hub, host, port)``: it
+    returns a :class:`HubServer` once listening, so that ``port=0`` works
+    (``server.port`` is the real port). Each accepted client is served with
+    :meth:`Hub.serve_client`, with the fast write path of :mod:`trio_hub`.
+
+    Handshake policy, in order (see :ref:`handshake`):
+
+    1. A client must send its request head within ``handshake_timeout``, or the
+       TCP connection is dropped. Garbage gets 400.
+    2. Past ``max_connections``: 503; clients already connected are unharmed.
+    3. A plain HTTP ``GET /`` gets the browser page (``index_html``); other
+       paths 404, other methods 405.
+    4. Origin: if the request has an ``Origin`` header, its host must equal the
+       ``Host`` header (gorilla's CheckOrigin), unless the origin is in
+       ``allowed_origins`` (``"*"`` allows all). Otherwise 403.
+    5. ``authenticate(request)`` returns the client's identity
+       (:attr:`Client.identity`) or raises :class:`HandshakeRejection`.
+    6. The upgrade; inbound messages over ``max_message_size`` close with 1009.
+
+    Stopping (:meth:`HubServer.aclose`, or cancelling this task) stops
+    accepting first, then shuts the hub down (drain, then 1001 to every client).
+
+    Args:
+        hub: The hub to register clients with.
+        host: The address to bind, or ``None`` for all interfaces.
+        port: The port to bind; 0 picks a free one.
+        authenticate: Optional hook that admits or rejects each client.
+        allowed_origins: Origins allowed besides the same-host one.
+        max_connections: Optional limit on open connections.
+        handshake_timeout: Seconds a client has to complete the handshake.
+        max_message_size: The largest inbound message, in bytes.
+        index_html: The page served on ``GET /``; ``None`` for the built-in page,
+            ``b""`` to serve none (404).
+        task_status: For ``nursery.start``.
+    """
+    if max_connections is not None and max_connections < 1:
+        raise ValueError(f"max_connections must be None or >= 1, got {max_connections!r}")
+    if not handshake_timeout > 0:
+        raise ValueError(f"handshake_timeout must be > 0, got {handshake_timeout!r}")
+    policy = _Policy(
+        hub=hub,
+        authenticate=authenticate,
+        allowed_origins=frozenset(allowed_origins),
+        max_connections=max_connections if max_connections is not None else math.inf,
+        handshake_timeout=handshake_timeout,
+        max_message_size=max_message_size,
+        index_html=default_index_html() if index_html is None else index_html,
+    )
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    server = HubServer._create(hub, listeners)
+    try:
+        async with trio.open_nursery() as handler_nursery:
+            try:
+                with server._accept_scope:
+                    async with trio.open_nursery() as listen_nursery:
+                        await listen_nursery.start(
+                            partial(
+                                trio.serve_listeners,
+                                partial(_handle, policy, server),
+                                listeners,
+                                handler_nursery=handler_nursery,
+                            )
+                        )
+                        logger.info("listening on %s", server.url)
+                        task_status.started(server)
+            finally:
+                # Stop accepting first (leaving serve_listeners closed the
+                # listeners), then the hub's own ordered shutdown. Connection
+                # handlers are shielded, so they see it through: they end when
+                # their client has been drained and closed with 1001.
+                with trio.CancelScope(shield=True):
+                    for listener in listeners:
+                        await listener.aclose()
+                    await hub.aclose()
+                # What is left is handshakes in progress: cut them short.
+                for scope in server._handler_scopes:
+                    scope.cancel()
+    finally:
+        server._stopped.set()
+        logger.info("server stopped")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Policy:
+    hub: Hub
+    authenticate: Authenticator | None
+    allowed_origins: frozenset[str]
+    max_connections: float
+    handshake_timeout: float
+    max_message_size: int
+    index_html: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    method: str
+    target: str
+    headers: Mapping[str, str]
+
+
+class _BadRequest(Exception):
+    pass
+
+
+async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream) -> None:
+    # Shielded: outer cancellation must not cut a client off before the hub has
+    # drained it; serve_hub cancels handlers itself once the hub is closed.
+    server._connections += 1
+    scope = trio.CancelScope(shield=True)
+    server._handler_scopes.add(scope)
+    try:
+        with scope:
+            await _serve_connection(policy, server, stream)
+    except Exception:
+        logger.exception("error while serving a connection")
+    finally:
+        server._handler_scopes.discard(scope)
+        server._connections -= 1
+
+
+async def _serve_connection(policy: _Policy, server: HubServer, stream: trio.SocketStream) -> None:
+    remote = _remote(stream)
+    deadline = trio.current_time() + policy.handshake_timeout
+    with trio.move_on_at(deadline) as head_scope:
+        raw = await _read_head(stream)
+    if head_scope.cancelled_caught:
+        logger.info("%s: no handshake within %ss; dropped", _show(remote), policy.handshake_timeout)
+        return
+    if raw is None:
+        return  # the peer closed before sending anything
+    try:
+        head_bytes, _, _ = raw.partition(b"\r\n\r\n")
+        head = _parse_head(head_bytes)
+    except _BadRequest as exc:
+        logger.info("%s: bad request: %s", _show(remote), exc)
+        await _respond(stream, HTTPStatus.BAD_REQUEST, f"Bad request: {exc}\n")
+        return
+    if server._connections > policy.max_connections:
+        logger.warning("%s: refused, connection limit reached", _show(remote))
+        await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
+        return
+    headers = head.headers
+    if "websocket" not in headers.get("upgrade", "").lower():
+        await _serve_plain_http(policy, stream, head)
+        return
+    path, _, query = head.target.partition("?")
+    request = HandshakeRequest(
+        path=path,
+        query=types.MappingProxyType(dict(parse_qsl(query))),
+        headers=headers,
+        remote=remote,
+    )
+    problem = _check_upgrade(headers) or _check_origin(policy, headers)
+    if problem is not None:
+        status, body = problem
+        logger.info("%s: refused (%d): %s", _show(remote), status, body.strip())
+        await _respond(stream, status, body)
+        return
+    if policy.hub.closed:
+        await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
+        return
+    identity: object = None
+    if policy.authenticate is not None:
+        try:
+            with trio.fail_at(deadline):
+                identity = await policy.authenticate(request)
+        except HandshakeRejection as rejection:
+            logger.info("%s: rejected (%d): %s", _show(remote), rejection.status, rejection.body)
+            await _respond(stream, rejection.status, rejection.body + "\n")
+            return
+        except trio.TooSlowError:
+            logger.warning("%s: authentication took too long; dropped", _show(remote))
+            await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Authentication timed out\n")
+            return
+        except Exception:
+            logger.exception("%s: the authenticate hook raised", _show(remote))
+            await _respond(stream, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error\n")
+            return
+    await _upgrade_and_serve(policy, stream, raw, identity, deadline, remote)
+
+
+async def _upgrade_and_serve(
+    policy: _Policy,
+    stream: trio.SocketStream,
+    raw: bytes,
+    identity: object,
+    deadline: float,
+    remote: tuple[str, int] | None,
+) -> None:
+    hub_stream = HubStream(stream, replay=raw)
+    async with trio.open_nursery() as nursery:
+        with trio.move_on_at(deadline) as accept_scope:
+            request = await wrap_server_stream(
+                nursery, hub_stream, max_message_size=policy.max_message_size
+            )
+            connection = await request.accept()
+        if accept_scope.cancelled_caught:
+            logger.info("%s: handshake did not complete; dropped", _show(remote))
+            nursery.cancel_scope.cancel()
+            return
+        hub_stream.connection = connection
+        nursery.start_soon(hub_stream.flush_pending_forever)
+        transport = FastWebSocketTransport(connection, hub_stream)
+        try:
+            client = policy.hub.register(transport, identity=identity)
+        except HubClosedError:
+            with trio.move_on_after(_RESPONSE_TIMEOUT):
+                await connection.aclose(CloseCode.GOING_AWAY, "shutting down")
+            nursery.cancel_scope.cancel()
+            return
+        logger.info("client #%d connected from %s", client.id, _show(remote))
+        await client.wait_closed()
+        logger.info(
+            "client #%d disconnected: code %s %s",
+            client.id,
+            client.close_code,
+            client.close_reason,
+        )
+        nursery.cancel_scope.cancel()
+
+
+async def _read_head(stream: trio.SocketStream) -> bytes | None:
+    """Read up to the end of the HTTP request head; keep any bytes after it."""
+    buffer = bytearray()
+    while b"\r\n\r\n" not in buffer:
+        if len(buffer) > _MAX_HEAD_BYTES:
+            return bytes(buffer)  # _parse_head rejects it
+        data = await stream.receive_some(4096)
+        if not data:
+            return bytes(buffer) if buffer else None
+        buffer += data
+    return bytes(buffer)
+
+
+def _parse_head(head: bytes) -> _Head:
+    if len(head) > _MAX_HEAD_BYTES:
+        raise _BadRequest("request head too large")
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise _BadRequest("not an HTTP request") from None
+    request_line, *header_lines = text.split("\r\n")
+    parts = request_line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
+        raise _BadRequest("not an HTTP/1.1 request")
+    method, target, _ = parts
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise _BadRequest(f"malformed header line {line[:40]!r}")
+        key = name.lower()
+        value = value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return _Head(method, target, types.MappingProxyType(headers))
+
+
+def _check_upgrade(headers: Mapping[str, str]) -> tuple[int, str] | None:
+    if "upgrade" not in headers.get("connection", "").lower():
+        return HTTPStatus.BAD_REQUEST, "Missing 'Connection: Upgrade'\n"
+    if headers.get("sec-websocket-version") != "13":
+        return HTTPStatus.UPGRADE_REQUIRED, "Only WebSocket version 13 is supported\n"
+    if not headers.get("sec-websocket-key"):
+        return HTTPStatus.BAD_REQUEST, "Missing Sec-WebSocket-Key\n"
+    return None
+
+
+def _check_origin(policy: _Policy, headers: Mapping[str, str]) -> tuple[int, str] | None:
+    origin = headers.get("origin")
+    if origin is None or "*" in policy.allowed_origins or origin in policy.allowed_origins:
+        return None
+    origin_host = urlsplit(origin).netloc.lower()
+    if origin_host and origin_host == headers.get("host", "").lower():
+        return None
+    return HTTPStatus.FORBIDDEN, f"Origin {origin!r} is not allowed\n"
+
+
+async def _serve_plain_http(policy: _Policy, stream: trio.SocketStream, head: _Head) -> None:
+    path = head.target.partition("?")[0]
+    if head.method not in ("GET", "HEAD"):
+        await _respond(stream, HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed\n")
+    elif path in ("/", "/index.html") and policy.index_html:
+        await _respond(
+            stream,
+            HTTPStatus.OK,
+            policy.index_html,
+            content_type="text/html; charset=utf-8",
+            head_only=head.method == "HEAD",
+        )
+    else:
+        await _respond(stream, HTTPStatus.NOT_FOUND, "Not found\n")
+
+
+async def _respond(
+    stream: trio.SocketStream,
+    status: int,
+    body: str | bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    head_only: bool = False,
+) -> None:
+    data = body.encode() if isinstance(body, str) else body
+    phrase = HTTPStatus(status).phrase
+    response = (
+        f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n"
+        "Cache-Control: no-store\r\n\r\n"
+    ).encode("ascii")
+    with trio.move_on_after(_RESPONSE_TIMEOUT):
+        try:
+            await stream.send_all(response if head_only else response + data)
+            await stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def _remote(stream: trio.SocketStream) -> tuple[str, int] | None:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None
+    return (str(address[0]), int(address[1]))
+
+
+def _show(remote: tuple[str, int] | None) -> str:
+    return "unknown peer" if remote is None else f"{remote[0]}:{remote[1]}"

@@ -1,0 +1,270 @@
+"""The socket stream under a served connection, and the fast write path over it.
+
+Every byte that goes to a served client's socket passes through
+:class:`HubStream`: trio-websocket's handshake, pings, pongs and close frames
+(through :meth:`HubStream.send_all`) as well as the hub's own message frames.
+That one place knows whether a write is in progress, so that
+:meth:`HubStream.write_nowait` can write straight from ``broadcast()`` when the
+socket is idle, and fall back to the client's queue when it is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+from collections.abc import Sequence
+from typing import Final, final
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ._closecodes import CloseCode
+from ._errors import TransportClosed
+from ._message import Message
+from ._transport import transport_closed
+
+__all__ = ["FastWebSocketTransport", "HubStream", "text_frame"]
+
+_FIN_TEXT: Final = 0x81
+_FIN_CLOSE: Final = 0x88
+
+
+def text_frame(message: Message) -> bytes:
+    """The complete server-to-client WebSocket text frame for ``message``.
+
+    Server frames are not masked and trio_hub negotiates no extension, so the
+    frame is the same for every client: it is built once per message and cached.
+    """
+    frame = message._frame
+    if frame is None:
+        data = message.encode()
+        length = len(data)
+        if length < 126:
+            header = struct.pack("!BB", _FIN_TEXT, length)
+        elif length < 65536:
+            header = struct.pack("!BBH", _FIN_TEXT, 126, length)
+        else:
+            header = struct.pack("!BBQ", _FIN_TEXT, 127, length)
+        frame = message._frame = header + data
+    return frame
+
+
+def _close_frame(code: int, reason: str) -> bytes:
+    payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    return struct.pack("!BB", _FIN_CLOSE, len(payload)) + payload
+
+
+@final
+class HubStream(trio.abc.Stream):
+    """A :class:`trio.SocketStream` wrapper that owns every write to the socket.
+
+    Args:
+        inner: The accepted TCP stream.
+        replay: Bytes already read from ``inner`` (the HTTP request head), which
+            :meth:`receive_some` returns first, so that trio-websocket sees the
+            request as if it had read it itself.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_close_frame_sent",
+        "_closed",
+        "_fd",
+        "_inner",
+        "_lock",
+        "_pending",
+        "_pending_event",
+        "_replay",
+        "connection",
+    )
+
+    def __init__(self, inner: trio.SocketStream, replay: bytes = b"") -> None:
+        self._inner = inner
+        self._fd = inner.socket.fileno()
+        self._replay = replay
+        self._lock = trio.StrictFIFOLock()
+        # Bytes that write_nowait() accepted but the socket did not take: they
+        # go out before anything else.
+        self._pending = b""
+        self._pending_event = trio.Event()
+        self._closed = False
+        # Set if a write was interrupted mid-frame: nothing may follow it.
+        self._broken = False
+        self._close_frame_sent = False
+        self.connection: WebSocketConnection | None = None
+
+    # ----------------------------------------------------------- reading
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return replayed bytes first, then read from the socket."""
+        if self._replay:
+            await trio.lowlevel.checkpoint()
+            size = len(self._replay) if max_bytes is None else max_bytes
+            data, self._replay = self._replay[:size], self._replay[size:]
+            return data
+        return await self._inner.receive_some(max_bytes)
+
+    # ----------------------------------------------------------- writing
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write ``data`` now if nothing else is being written; never blocks.
+
+        Returns:
+            ``True`` if the stream took all of ``data`` (whatever the socket did
+            not accept is kept and written before anything else); ``False`` if
+            it took nothing.
+        """
+        if self._pending or self._closed or self._broken or self._lock.locked():
+            return False
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            # Full (BlockingIOError) or broken: either way, the queued path
+            # will wait or report the error.
+            return False
+        if written < len(data):
+            self._pending = data[written:]
+            self._pending_event.set()
+        return True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` after anything pending (used by trio-websocket)."""
+        async with self._lock:
+            await self._send_locked(data)
+            if data[:1] == bytes([_FIN_CLOSE]):
+                self._close_frame_sent = True
+
+    async def write_frames(self, data: bytes) -> None:
+        """Write message frames, unless a close frame has gone out already.
+
+        Raises:
+            trio.ClosedResourceError: if the WebSocket is closing.
+        """
+        async with self._lock:
+            if self._close_frame_sent:
+                raise trio.ClosedResourceError("the WebSocket is closing")
+            await self._send_locked(data)
+
+    async def _send_locked(self, data: bytes | bytearray | memoryview) -> None:
+        if self._broken:
+            raise trio.BrokenResourceError("an earlier write was interrupted mid-frame")
+        try:
+            if self._pending:
+                pending, self._pending = self._pending, b""
+                await self._inner.send_all(pending)
+            await self._inner.send_all(data)
+        except BaseException:
+            # Cancelled or failed part-way: the stream may end inside a frame.
+            self._broken = True
+            raise
+
+    async def flush_pending_forever(self) -> None:
+        """Write what :meth:`write_nowait` left over whenever it does; run as a task."""
+        while True:
+            await self._pending_event.wait()
+            self._pending_event = trio.Event()
+            try:
+                async with self._lock:
+                    if self._pending:
+                        await self._send_locked(b"")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the reader will see the connection end
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
+        await self._inner.wait_send_all_might_not_block()
+
+    async def abort(self) -> None:
+        """Close the socket at once, without any further bytes."""
+        self._closed = True
+        await trio.aclose_forcefully(self._inner)
+
+    async def aclose(self) -> None:
+        """Close the socket, sending the close frame trio-websocket skipped, if any.
+
+        trio-websocket drops the TCP connection without a close frame when the
+        peer sent a frame that fails to parse (invalid UTF-8: 1007, protocol
+        errors: 1002). The peer deserves the code, so send it here, without
+        blocking, if the socket can take it.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        connection = self.connection
+        if (
+            connection is not None
+            and connection.closed is not None
+            and not self._close_frame_sent
+            and not self._broken
+            and not self._pending
+            and not self._lock.locked()
+            and connection.closed.code in (CloseCode.INVALID_PAYLOAD, 1002)
+        ):
+            self._close_frame_sent = True
+            with contextlib.suppress(OSError):
+                os.write(self._fd, _close_frame(connection.closed.code, "invalid frame"))
+        await self._inner.aclose()
+
+
+@final
+class FastWebSocketTransport:
+    """A :class:`~trio_hub.Transport` for connections served by :func:`serve_hub`.
+
+    trio-websocket handles the handshake, reading, pings and the close
+    handshake; message frames are built once per message and written through
+    the :class:`HubStream`, straight from ``broadcast()`` when the socket is idle.
+    """
+
+    __slots__ = ("_connection", "_stream")
+
+    def __init__(self, connection: WebSocketConnection, stream: HubStream) -> None:
+        self._connection = connection
+        self._stream = stream
+
+    @property
+    def connection(self) -> WebSocketConnection:
+        """The trio-websocket connection."""
+        return self._connection
+
+    async def receive(self) -> str | bytes:
+        """See :meth:`trio_hub.Transport.receive`."""
+        try:
+            return await self._connection.get_message()
+        except ConnectionClosed as exc:
+            raise transport_closed(exc) from None
+
+    async def send_batch(self, messages: Sequence[Message]) -> None:
+        """See :meth:`trio_hub.Transport.send_batch`: one write for the batch."""
+        if self._connection.closed is not None:
+            raise transport_closed(ConnectionClosed(self._connection.closed))
+        data = b"".join([text_frame(message) for message in messages])
+        try:
+            await self._stream.write_frames(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise TransportClosed(None, "connection lost") from None
+
+    def send_nowait(self, message: Message) -> bool:
+        """See :meth:`trio_hub.Transport.send_nowait`."""
+        if self._connection.closed is not None:
+            return False
+        return self._stream.write_nowait(text_frame(message))
+
+    async def ping(self) -> None:
+        """See :meth:`trio_hub.Transport.ping`."""
+        try:
+            await self._connection.ping()
+        except ConnectionClosed as exc:
+            raise transport_closed(exc) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        """See :meth:`trio_hub.Transport.close`."""
+        await self._connection.aclose(code, reason)
+
+    async def abort(self) -> None:
+        """See :meth:`trio_hub.Transport.abort`."""
+        await self._stream.abort()
+
+    def __repr__(self) -> str:
+        return f"<FastWebSocketTransport {self._connection.remote}>"
