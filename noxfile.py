@@ -43,3 +43,10 @@ def typecheck(session: nox.Session) -> None:
     """Run mypy in strict mode over the package and the tests."""
     install_groups(session, "typecheck", "test")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the fan-out benchmarks; `nox -s bench -- --quick` is CI's smoke test."""
+    install_groups(session, "bench", editable=False)
+    session.run("python", "bench/run.py", *(session.posargs or ["--quick"]))

@@ -40,10 +40,11 @@ import hashlib
 import json
 import os
 import resource
+import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Final, TypedDict
+from typing import Final, TypedDict, cast
 
 import psutil
 
@@ -74,6 +75,19 @@ class CpuStats(TypedDict):
     percent_of_one_core: float
 
 
+class CoreStats(TypedDict):
+    """How busy one CPU core was during the measured window (``/proc/stat``).
+
+    Unlike :class:`CpuStats` this includes softirq time (on loopback, the kernel
+    delivers a packet to the receiving socket in softirq on the *sending* core) and
+    every other task on the core, so it tells whether the core was saturated.
+    """
+
+    cpu: int
+    busy_percent: float
+    softirq_percent: float
+
+
 class MemoryStats(TypedDict):
     """Server resident set size around connecting the idle receivers."""
 
@@ -101,6 +115,7 @@ class LoadgenResult(TypedDict):
     server_user_us_per_delivery: float
     server_system_us_per_delivery: float
     loadgen_cpu: CpuStats
+    cores: list[CoreStats]
     memory: MemoryStats
     errors: int
     event_loop: str
@@ -148,7 +163,7 @@ def _handshake_request(host: str, port: int) -> tuple[bytes, bytes]:
         b"Sec-WebSocket-Key: %s\r\n"
         b"Sec-WebSocket-Version: 13\r\n\r\n"
     ) % (host.encode(), port, key)
-    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())  # noqa: S324 (RFC 6455)
+    accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())  # RFC 6455 mandates SHA-1 here
     return request, accept
 
 
@@ -245,9 +260,12 @@ class _Connection(asyncio.Protocol):
         self.closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self.transport = cast("asyncio.Transport", transport)
+        # Nagle would hold the 2nd..4th frame of a batch behind a delayed ACK (40 ms).
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         failure = LoadgenError(f"server closed a connection early ({exc!r})")
@@ -392,7 +410,11 @@ class Sender(_Connection):
             self.frame_bytes = end - start
             self.fanout.sender_copies += 1
         elif kind == "broadcastResult":
-            self.listener_counts.add(envelope.get("listenerCount"))
+            count = envelope.get("listenerCount")
+            if isinstance(count, int):
+                self.listener_counts.add(count)
+            else:
+                self.fanout.error(f"broadcastResult without an int listenerCount: {envelope!r}")
             self.fanout.sender_results += 1
         else:
             self.fanout.error(f"sender got unexpected {envelope!r}")
@@ -410,6 +432,26 @@ def _cpu(before: tuple[float, float], after: tuple[float, float], wall: float) -
         "user_s": user,
         "system_s": system,
         "percent_of_one_core": 100.0 * (user + system) / wall if wall else 0.0,
+    }
+
+
+def _core_times() -> list[dict[str, float]]:
+    return [times._asdict() for times in psutil.cpu_times(percpu=True)]
+
+
+def _core(cpu: int, before: dict[str, float], after: dict[str, float]) -> CoreStats:
+    # /proc/stat already counts guest time inside user time.
+    spent = {
+        field: after[field] - before[field]
+        for field in after
+        if field not in ("guest", "guest_nice")
+    }
+    total = sum(spent.values()) or 1.0
+    idle = spent["idle"] + spent.get("iowait", 0.0)
+    return {
+        "cpu": cpu,
+        "busy_percent": 100.0 * (total - idle) / total,
+        "softirq_percent": 100.0 * spent.get("softirq", 0.0) / total,
     }
 
 
@@ -485,7 +527,9 @@ async def run(options: Options) -> LoadgenResult:
     batches = options.warmup_batches + options.max_batches + 1  # +1: the solo probe
     total = batches * options.batch_size
     tokens = [b"s%09de" % index for index in range(total)]
-    template = json.dumps({"type": "broadcast", "payload": {"seq": "", "pad": ""}}, separators=(",", ":"))
+    template = json.dumps(
+        {"type": "broadcast", "payload": {"seq": "", "pad": ""}}, separators=(",", ":")
+    )
     pad = "x" * max(0, options.message_bytes - len(template) - len(tokens[0]))
     frames = [
         mask_frame(
@@ -552,14 +596,19 @@ async def run(options: Options) -> LoadgenResult:
         first_measured = sent
         window_start = time.perf_counter()
         server_before, me_before = _times(server), _times(me)
+        cores_before = _core_times()
         done = 0
         while done < options.max_batches:
             await batch()
             done += 1
-            if done >= options.min_batches and time.perf_counter() - window_start >= options.seconds:
+            if (
+                done >= options.min_batches
+                and time.perf_counter() - window_start >= options.seconds
+            ):
                 break
         window_s = time.perf_counter() - window_start
         server_after, me_after = _times(server), _times(me)
+        cores_after = _core_times()
         rss_after = server.memory_info().rss
     finally:
         for connection in [sender, *receivers]:
@@ -569,15 +618,20 @@ async def run(options: Options) -> LoadgenResult:
         raise LoadgenError(f"{fanout.errors} protocol errors, first: {fanout.first_error}")
     messages = sent - first_measured
     listeners = options.clients + 1
+    # The solo probe saw 1 listener; every later broadcast must count all of them.
+    if sender.listener_counts != {1, listeners}:
+        raise LoadgenError(
+            f"broadcastResult listenerCount was {sorted(sender.listener_counts)}, "
+            f"expected 1 (probe) then {listeners}"
+        )
     deliveries = messages * listeners
     latencies = sorted(
         (fanout.done_ns[index] - send_ns[index]) / 1e6 for index in range(first_measured, sent)
     )
     server_cpu = _cpu(server_before, server_after, window_s)
-    counts = sender.listener_counts - {1}  # 1 was the solo probe
     return {
         "clients": options.clients,
-        "listener_count": counts.pop() if len(counts) == 1 else -1,
+        "listener_count": listeners,
         "batch_size": options.batch_size,
         "frame_bytes": sender.frame_bytes,
         "messages": messages,
@@ -593,10 +647,16 @@ async def run(options: Options) -> LoadgenResult:
             "max_ms": latencies[-1],
         },
         "server_cpu": server_cpu,
-        "server_us_per_delivery": 1e6 * (server_cpu["user_s"] + server_cpu["system_s"]) / deliveries,
+        "server_us_per_delivery": 1e6
+        * (server_cpu["user_s"] + server_cpu["system_s"])
+        / deliveries,
         "server_user_us_per_delivery": 1e6 * server_cpu["user_s"] / deliveries,
         "server_system_us_per_delivery": 1e6 * server_cpu["system_s"] / deliveries,
         "loadgen_cpu": _cpu(me_before, me_after, window_s),
+        "cores": [
+            _core(cpu, before, after)
+            for cpu, (before, after) in enumerate(zip(cores_before, cores_after, strict=True))
+        ],
         "memory": {
             "rss_before_bytes": rss_before,
             "rss_idle_bytes": rss_idle,
@@ -647,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     options = _parse(argv)
     raise_open_files_limit()
     try:
-        import uvloop  # noqa: PLC0415 (optional)
+        import uvloop  # optional: plain asyncio works too
     except ImportError:
         runner = asyncio.run
     else:

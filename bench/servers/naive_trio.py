@@ -10,9 +10,8 @@ from __future__ import annotations
 import signal
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
-
 from _shootout import announce, handle_text, parse_args
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 
 async def main(host: str, port: int) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from _shootout import announce, handle_text, parse_args
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
-
-from _shootout import announce, handle_text, parse_args
 
 # Trio's listeners ask for the kernel's maximum backlog; asyncio defaults to 100, which
 # drops SYNs (and adds 1 s retransmits) when thousands of clients connect at once.

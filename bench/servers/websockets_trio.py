@@ -12,10 +12,9 @@ from __future__ import annotations
 import signal
 
 import trio
+from _shootout import announce, handle_text, parse_args
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import Server, ServerConnection, broadcast, serve
-
-from _shootout import announce, handle_text, parse_args
 
 
 async def main(host: str, port: int) -> None:

@@ -1,0 +1,555 @@
+"""Broadcast fan-out benchmark: trio_hub against its peers, side by side.
+
+Usage::
+
+    python bench/run.py                       # all servers, N = 100, 1000, 5000, 3 repeats
+    python bench/run.py --quick               # CI smoke test: 50 clients, 1 repeat, seconds
+    python bench/run.py --servers naive_trio,trio_hub --clients 100,1000 --repeats 5
+
+For every server, client count and repeat it starts a fresh server process pinned to
+one core and a fresh ``loadgen.py`` process pinned to another, lets the load generator
+measure (see its docstring for what and how), and stops the server. It prints a table
+of the medians over the repeats, writes everything to ``bench/results/*.json`` and draws
+latency against clients to a PNG next to it.
+
+A server that cannot run here (``trio_hub`` before its CLI exists) is reported as
+skipped, loudly; a server that starts but breaks the protocol makes the exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypedDict
+
+import psutil
+from loadgen import LoadgenResult, raise_open_files_limit
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PYTHON = sys.executable
+LISTENING = re.compile(r"listening on ws://([^/\s]+):(\d+)/")
+START_TIMEOUT_S = 20.0
+QUIET_PERCENT = 20.0  # a core busier than this before a run means someone else is on it
+QUIET_WAIT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server under test.
+
+    Attributes:
+        name: Short name for tables and charts.
+        command: Argument vector, run from the repository root; it must log
+            ``listening on ws://HOST:PORT/`` to stderr once it accepts connections.
+        description: One line for the report.
+        unavailable: Returns why the server cannot run here, or ``None`` if it can.
+    """
+
+    name: str
+    command: list[str]
+    description: str
+    unavailable: Callable[[], str | None] = field(default=lambda: None)
+
+
+def _trio_hub_unavailable() -> str | None:
+    # Asked of a child interpreter started where the servers start, so it sees exactly
+    # what `python -m trio_hub` will see (the repo root on sys.path, or an install).
+    probe = subprocess.run(
+        [
+            PYTHON,
+            "-c",
+            "import importlib.util, sys\n"
+            "spec = importlib.util.find_spec('trio_hub.__main__')\n"
+            "sys.exit(0 if spec else 'trio_hub has no __main__ module')",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if probe.returncode == 0:
+        return None
+    lines = (probe.stderr.strip() or "unknown error").splitlines()
+    return f"`python -m trio_hub` cannot run here ({lines[-1]})"
+
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec(
+            "naive_trio",
+            [PYTHON, str(BENCH / "servers" / "naive_trio.py"), "--port", "0"],
+            "Trio + trio-websocket, `for ws in clients: await ws.send_message(m)`",
+        ),
+        ServerSpec(
+            "websockets_trio",
+            [PYTHON, str(BENCH / "servers" / "websockets_trio.py"), "--port", "0"],
+            "websockets.trio server + async broadcast() (a task per connection)",
+        ),
+        ServerSpec(
+            "websockets_asyncio",
+            [PYTHON, str(BENCH / "servers" / "websockets_asyncio.py"), "--port", "0"],
+            "websockets.asyncio server + synchronous broadcast()",
+        ),
+        ServerSpec(
+            "trio_hub",
+            [PYTHON, "-m", "trio_hub", "serve", "--host", "127.0.0.1", "--port", "0"],
+            "python -m trio_hub serve",
+            _trio_hub_unavailable,
+        ),
+        ServerSpec(
+            "raw_uvloop",
+            [PYTHON, str(BENCH / "servers" / "raw_uvloop.py"), "--port", "0"],
+            "calibration, not a contender: hand-written frames on uvloop, the loadgen's ceiling",
+            lambda: None if importlib.util.find_spec("uvloop") else "uvloop is not installed",
+        ),
+    )
+}
+
+
+class RunResult(LoadgenResult):
+    """One load generator run, plus how busy the cores were just before it."""
+
+    background_busy_percent: list[float]
+
+
+class Summary(TypedDict):
+    """Medians over the repeats of one (server, clients) cell."""
+
+    server: str
+    clients: int
+    repeats: int
+    deliveries_per_s: float
+    latency_median_ms: float
+    latency_p99_ms: float
+    server_us_per_delivery: float
+    server_user_us_per_delivery: float
+    server_system_us_per_delivery: float
+    server_cpu_percent: float
+    server_core_busy_percent: float
+    loadgen_cpu_percent: float
+    loadgen_core_busy_percent: float
+    bytes_per_idle_connection: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and how hard each load generator run goes."""
+
+    warmup_batches: int
+    min_batches: int
+    max_batches: int
+    seconds: float
+    timeout: float
+
+
+FULL = Profile(warmup_batches=5, min_batches=20, max_batches=2000, seconds=5.0, timeout=60.0)
+QUICK = Profile(warmup_batches=1, min_batches=3, max_batches=10, seconds=0.2, timeout=20.0)
+
+
+def _pinned(cpu: int | None) -> Callable[[], None] | None:
+    if cpu is None:
+        return None
+
+    def pin() -> None:
+        # In the child between fork and exec, so every thread it ever starts inherits it.
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+class _StderrTail:
+    """Drains a child's stderr so it can never block on a full pipe; keeps the tail."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        self._stream = process.stderr
+        self.lines: collections.deque[str] = collections.deque(maxlen=20)
+        self.address: tuple[str, int] | None = None
+        self.listening = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        for line in self._stream:
+            self.lines.append(line.rstrip())
+            if self.address is None and (match := LISTENING.search(line)):
+                self.address = (match[1], int(match[2]))
+                self.listening.set()
+        self.listening.set()  # EOF: the server died before (or after) listening
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@contextlib.contextmanager
+def running_server(spec: ServerSpec, cpu: int | None) -> Iterator[tuple[int, int, _StderrTail]]:
+    """Start a server, wait until it listens, stop it (SIGTERM, then SIGKILL) on exit.
+
+    Args:
+        spec: The server.
+        cpu: The core to pin it to, or ``None``.
+
+    Yields:
+        Its pid, its port and its stderr.
+
+    Raises:
+        RuntimeError: It exited or did not announce its port in time.
+    """
+    process = subprocess.Popen(
+        spec.command,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_pinned(cpu),  # only sched_setaffinity, fork-safe
+    )
+    tail = _StderrTail(process)
+    try:
+        tail.listening.wait(START_TIMEOUT_S)
+        if tail.address is None:
+            raise RuntimeError(
+                f"{spec.name} did not log 'listening on ws://HOST:PORT/' within "
+                f"{START_TIMEOUT_S} s (exit status {process.poll()}); stderr:\n{tail.text()}"
+            )
+        yield process.pid, tail.address[1], tail
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_once(
+    spec: ServerSpec, clients: int, profile: Profile, cpus: tuple[int | None, int | None]
+) -> RunResult:
+    """One fresh server, one load generator run against it.
+
+    Args:
+        spec: The server.
+        clients: Receiver connections.
+        profile: Batches and time.
+        cpus: Cores for the server and for the load generator.
+
+    Returns:
+        What the load generator measured.
+
+    Raises:
+        RuntimeError: The server failed to start or the load generator failed.
+    """
+    # Another process hogging a core skews everything: wait a little for quiet, and
+    # say so rather than hide it when it does not come.
+    deadline = time.monotonic() + QUIET_WAIT_S
+    while max(background := psutil.cpu_percent(interval=0.5, percpu=True)) > QUIET_PERCENT:
+        if time.monotonic() > deadline:
+            print(
+                f"WARNING: cores busy before this run: {background} %; numbers are skewed",
+                file=sys.stderr,
+                flush=True,
+            )
+            break
+    with running_server(spec, cpus[0]) as (pid, port, tail):
+        command = [
+            PYTHON,
+            str(BENCH / "loadgen.py"),
+            f"--port={port}",
+            f"--clients={clients}",
+            f"--server-pid={pid}",
+            f"--warmup-batches={profile.warmup_batches}",
+            f"--min-batches={profile.min_batches}",
+            f"--max-batches={profile.max_batches}",
+            f"--seconds={profile.seconds}",
+            f"--timeout={profile.timeout}",
+        ]
+        # Bounded: connecting, warm-up and the window, plus every batch timing out once.
+        limit = 120 + profile.seconds + 2 * profile.timeout + clients / 50
+        loadgen = subprocess.run(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            check=False,
+            preexec_fn=_pinned(cpus[1]),  # only sched_setaffinity, fork-safe
+        )
+        if loadgen.returncode != 0:
+            raise RuntimeError(
+                f"loadgen failed against {spec.name} (N={clients}): "
+                f"{loadgen.stderr.strip()[-2000:]}\nserver stderr:\n{tail.text()}"
+            )
+        measured: LoadgenResult = json.loads(loadgen.stdout)
+        return {**measured, "background_busy_percent": background}
+
+
+def summarize(server: str, clients: int, runs: Sequence[LoadgenResult]) -> Summary:
+    """Medians over the repeats.
+
+    Args:
+        server: Server name.
+        clients: Receiver connections.
+        runs: One result per repeat, at least one.
+
+    Returns:
+        The row for the table.
+    """
+
+    def median(pick: Callable[[LoadgenResult], float]) -> float:
+        return statistics.median(pick(run) for run in runs)
+
+    def core(run: LoadgenResult, cpus: list[int]) -> float:
+        # Meaningful only when pinned to one core.
+        return run["cores"][cpus[0]]["busy_percent"] if len(cpus) == 1 else float("nan")
+
+    return {
+        "server": server,
+        "clients": clients,
+        "repeats": len(runs),
+        "deliveries_per_s": median(lambda r: r["deliveries_per_s"]),
+        "latency_median_ms": median(lambda r: r["latency"]["median_ms"]),
+        "latency_p99_ms": median(lambda r: r["latency"]["p99_ms"]),
+        "server_us_per_delivery": median(lambda r: r["server_us_per_delivery"]),
+        "server_user_us_per_delivery": median(lambda r: r["server_user_us_per_delivery"]),
+        "server_system_us_per_delivery": median(lambda r: r["server_system_us_per_delivery"]),
+        "server_cpu_percent": median(lambda r: r["server_cpu"]["percent_of_one_core"]),
+        "server_core_busy_percent": median(lambda r: core(r, r["server_cpus"])),
+        "loadgen_cpu_percent": median(lambda r: r["loadgen_cpu"]["percent_of_one_core"]),
+        "loadgen_core_busy_percent": median(lambda r: core(r, r["loadgen_cpus"])),
+        "bytes_per_idle_connection": median(lambda r: r["memory"]["bytes_per_idle_connection"]),
+    }
+
+
+def format_table(rows: Sequence[Summary]) -> str:
+    """Render the summary as a fixed-width text table.
+
+    Args:
+        rows: One per (server, clients).
+
+    Returns:
+        The table, with a header line.
+    """
+    header = (
+        f"{'server':<19} {'N':>5} {'deliv/s':>9} {'lat p50':>8} {'lat p99':>8} "
+        f"{'us/deliv':>8} {'usr':>5} {'sys':>5} {'srv%':>5} {'core0%':>6} "
+        f"{'lg%':>5} {'core1%':>6} {'KiB/idle':>8}"
+    )
+    units = (
+        f"{'':<19} {'':>5} {'':>9} {'ms':>8} {'ms':>8} {'cpu':>8} {'us':>5} {'us':>5} "
+        f"{'':>5} {'':>6} {'':>5} {'':>6} {'conn':>8}"
+    )
+    lines = [header, units, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row['server']:<19} {row['clients']:>5} {row['deliveries_per_s']:>9.0f} "
+            f"{row['latency_median_ms']:>8.2f} {row['latency_p99_ms']:>8.2f} "
+            f"{row['server_us_per_delivery']:>8.2f} {row['server_user_us_per_delivery']:>5.1f} "
+            f"{row['server_system_us_per_delivery']:>5.1f} {row['server_cpu_percent']:>5.0f} "
+            f"{row['server_core_busy_percent']:>6.0f} {row['loadgen_cpu_percent']:>5.0f} "
+            f"{row['loadgen_core_busy_percent']:>6.0f} "
+            f"{row['bytes_per_idle_connection'] / 1024:>8.1f}"
+        )
+    return "\n".join(lines)
+
+
+def draw_chart(rows: Sequence[Summary], path: Path) -> None:
+    """Latency (p50 solid, p99 dashed), throughput and CPU per delivery against N.
+
+    Args:
+        rows: The summary.
+        path: Where to write the PNG.
+    """
+    import matplotlib  # slow import, only needed here
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    figure, (latency, rate, cpu) = plt.subplots(1, 3, figsize=(16, 5), layout="constrained")
+    for index, server in enumerate(dict.fromkeys(row["server"] for row in rows)):
+        mine = sorted((row for row in rows if row["server"] == server), key=lambda r: r["clients"])
+        clients = [row["clients"] for row in mine]
+        color = f"C{index}"
+        latency.plot(
+            clients,
+            [r["latency_median_ms"] for r in mine],
+            "o-",
+            color=color,
+            label=f"{server} p50",
+        )
+        latency.plot(
+            clients, [r["latency_p99_ms"] for r in mine], "x--", color=color, label=f"{server} p99"
+        )
+        rate.plot(clients, [r["deliveries_per_s"] for r in mine], "o-", color=color, label=server)
+        cpu.plot(
+            clients, [r["server_us_per_delivery"] for r in mine], "o-", color=color, label=server
+        )
+    latency.set(
+        title="Publish to last client", xlabel="clients", ylabel="ms", xscale="log", yscale="log"
+    )
+    rate.set(title="Deliveries per second", xlabel="clients", xscale="log")
+    cpu.set(title="Server CPU per delivery (user+sys)", xlabel="clients", ylabel="us", xscale="log")
+    counts = sorted({row["clients"] for row in rows})
+    for axes in (latency, rate, cpu):
+        axes.set_xticks(counts, [str(count) for count in counts])
+        axes.minorticks_off()
+        axes.yaxis.set_major_formatter(ScalarFormatter())
+        axes.grid(visible=True, which="major", alpha=0.3)
+        axes.legend(fontsize="small")
+    rate.set_ylim(bottom=0)
+    cpu.set_ylim(bottom=0)
+    figure.suptitle(
+        "Broadcast fan-out, ~250-byte JSON, 4 broadcasts in flight (medians over repeats)"
+    )
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("trio", "trio-websocket", "websockets", "uvloop", "trio_hub"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[package] = importlib.metadata.version(package)
+    return versions
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="CI smoke test, no timing claims")
+    parser.add_argument(
+        "--servers",
+        default=",".join(name for name in SERVERS if name != "raw_uvloop"),
+        help=f"comma-separated, from: {', '.join(SERVERS)} (raw_uvloop only on request)",
+    )
+    parser.add_argument("--clients", default=None, help="comma-separated (default 100,1000,5000)")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--seconds", type=float, default=None, help="measured window per run")
+    parser.add_argument("--output-dir", type=Path, default=BENCH / "results")
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = set(args.servers.split(",")) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers {sorted(unknown)}; known: {', '.join(SERVERS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark.
+
+    Args:
+        argv: Command line arguments, ``sys.argv[1:]`` by default.
+
+    Returns:
+        The exit status: 1 if any server that could run failed.
+    """
+    args = _parse(argv)
+    profile = QUICK if args.quick else FULL
+    if args.seconds is not None:
+        profile = Profile(
+            profile.warmup_batches,
+            profile.min_batches,
+            profile.max_batches,
+            args.seconds,
+            profile.timeout,
+        )
+    clients = [
+        int(n) for n in (args.clients or ("50" if args.quick else "100,1000,5000")).split(",")
+    ]
+    repeats = args.repeats or (1 if args.quick else 3)
+    raise_open_files_limit()  # the children inherit it
+
+    available = sorted(os.sched_getaffinity(0))
+    cpus: tuple[int | None, int | None] = (
+        (available[0], available[1]) if len(available) >= 2 else (None, None)
+    )
+    if cpus[0] is None:
+        print("WARNING: fewer than 2 cores, server and load generator share one", file=sys.stderr)
+
+    status: dict[str, str] = {}
+    runs: list[dict[str, object]] = []
+    rows: list[Summary] = []
+    started = time.monotonic()
+    for name in args.servers.split(","):
+        spec = SERVERS[name]
+        reason = spec.unavailable()
+        if reason is not None:
+            status[name] = f"skipped: {reason}"
+            print(f"SKIPPED {name}: {reason}", file=sys.stderr, flush=True)
+            continue
+        status[name] = "ok"
+        for count in clients:
+            results: list[RunResult] = []
+            for repeat in range(repeats):
+                print(
+                    f"{name} N={count} repeat {repeat + 1}/{repeats} ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                try:
+                    result = run_once(spec, count, profile, cpus)
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    status[name] = f"failed: {exc}"
+                    print(f"FAILED {name} N={count}: {exc}", file=sys.stderr, flush=True)
+                    break
+                results.append(result)
+                runs.append({"server": name, "repeat": repeat, **result})
+            if results:
+                rows.append(summarize(name, count, results))
+            if status[name] != "ok":
+                break
+
+    table = format_table(rows)
+    print(table)
+    for name, state in status.items():
+        if state != "ok":
+            print(f"{name}: {state.splitlines()[0]}")
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stem = args.output_dir / f"{'quick' if args.quick else 'fanout'}-{stamp}"
+    report = {
+        "created": stamp,
+        "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
+        "machine": {"cpus": os.cpu_count(), "pinned": list(cpus), "platform": platform.platform()},
+        "versions": _versions(),
+        "profile": profile.__dict__,
+        "servers": {
+            name: {"description": SERVERS[name].description, "status": s}
+            for name, s in status.items()
+        },
+        "summary": rows,
+        "runs": runs,
+        "elapsed_s": time.monotonic() - started,
+    }
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {stem.with_suffix('.json')}")
+    if rows and not args.no_chart:
+        draw_chart(rows, stem.with_suffix(".png"))
+        print(f"wrote {stem.with_suffix('.png')}")
+    return 1 if any(state.startswith("failed") for state in status.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
