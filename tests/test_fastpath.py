@@ -53,38 +53,40 @@ async def read_message(raw: RawWebSocket) -> int:
 def test_direct_and_queued_writes_keep_every_message_in_order(ops: list[Op]) -> None:
     async def main() -> None:
         with trio.fail_after(60):
-            async with open_hub(queue_size=10_000, ping_interval=None) as hub:
-                async with trio.open_nursery() as nursery:
-                    server = await nursery.start(partial(serve_hub, hub, "127.0.0.1", 0))
-                    raw = await RawWebSocket.connect(server.port)
-                    raw.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                    try:
-                        while len(hub) < 1:
+            async with (
+                open_hub(queue_size=10_000, ping_interval=None) as hub,
+                trio.open_nursery() as nursery,
+            ):
+                server = await nursery.start(partial(serve_hub, hub, "127.0.0.1", 0))
+                raw = await RawWebSocket.connect(server.port)
+                raw.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                try:
+                    while len(hub) < 1:
+                        await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+                    (client,) = hub.clients
+                    sent = 0
+                    received: list[int] = []
+                    for kind, amount in ops:
+                        if kind == "broadcast":
+                            hub.broadcast(
+                                Message("n", {"n": sent, "size": amount, "pad": "p" * amount})
+                            )
+                            sent += 1
+                        elif kind == "read":
+                            for _ in range(min(amount, sent - len(received))):
+                                received.append(await read_message(raw))
+                        else:
                             await trio.testing.wait_all_tasks_blocked(cushion=0.001)
-                        (client,) = hub.clients
-                        sent = 0
-                        received: list[int] = []
-                        for kind, amount in ops:
-                            if kind == "broadcast":
-                                hub.broadcast(
-                                    Message("n", {"n": sent, "size": amount, "pad": "p" * amount})
-                                )
-                                sent += 1
-                            elif kind == "read":
-                                for _ in range(min(amount, sent - len(received))):
-                                    received.append(await read_message(raw))
-                            else:
-                                await trio.testing.wait_all_tasks_blocked(cushion=0.001)
-                            stats = client.statistics()
-                            assert stats.delivered + stats.queued == sent
-                            assert stats.dropped == stats.discarded == 0
-                            assert received == list(range(len(received)))
-                        while len(received) < sent:
-                            received.append(await read_message(raw))
-                        assert received == list(range(sent))
-                        assert not client.closed
-                    finally:
-                        await raw.aclose()
-                    await server.aclose()
+                        stats = client.statistics()
+                        assert stats.delivered + stats.queued == sent
+                        assert stats.dropped == stats.discarded == 0
+                        assert received == list(range(len(received)))
+                    while len(received) < sent:
+                        received.append(await read_message(raw))
+                    assert received == list(range(sent))
+                    assert not client.closed
+                finally:
+                    await raw.aclose()
+                await server.aclose()
 
     trio.run(main)
