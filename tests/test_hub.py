@@ -20,14 +20,14 @@ from trio_hub import (
     Transport,
     open_hub,
 )
-from trio_hub.testing import MemoryClient, RecordingBroadcaster, memory_connection
+from trio_hub.testing import MemoryClient, RecordingBroadcaster, TestHub, memory_connection
 
 
 def connect(
     hub: Hub, *, topics: Sequence[str] = (), wire_capacity: int | float = math.inf
 ) -> tuple[Client, MemoryClient]:
-    transport, peer = memory_connection(wire_capacity=wire_capacity)
-    return hub.register(transport, topics=topics), peer
+    peer = TestHub(hub).connect(topics=topics, wire_capacity=wire_capacity)
+    return peer.server_side, peer
 
 
 def numbers(messages: Sequence[Message]) -> list[object]:
@@ -239,7 +239,7 @@ async def test_keepalive_closes_a_client_that_never_answers_pings(
         _, healthy = connect(hub)
         peer.auto_pong = False
         start = trio.current_time()
-        assert await peer.wait_closed(timeout=60) == CloseCode.KEEPALIVE_TIMEOUT
+        await peer.expect_closed(CloseCode.KEEPALIVE_TIMEOUT, timeout=60)
         assert trio.current_time() - start == pytest.approx(25)
         assert client.close_code == CloseCode.KEEPALIVE_TIMEOUT
         assert hub.statistics().keepalive_timeouts == 1
@@ -338,7 +338,7 @@ async def test_a_raising_handler_ends_only_its_client(caplog: pytest.LogCaptureF
         victim, bad = connect(hub)
         _, good = connect(hub)
         await bad.send(Message("boom"))
-        assert await bad.wait_closed() == CloseCode.INTERNAL_ERROR
+        await bad.expect_closed(CloseCode.INTERNAL_ERROR)
         hub.broadcast(Message("n", 1))
         await good.expect("n", 1)
         assert hub.statistics().errors == 1
@@ -355,7 +355,7 @@ async def test_binary_frames_end_only_their_client_with_1003() -> None:
         _, bad = connect(hub)
         _, good = connect(hub)
         await bad.send(b"\x00\x01")
-        assert await bad.wait_closed() == CloseCode.UNSUPPORTED_DATA
+        await bad.expect_closed(CloseCode.UNSUPPORTED_DATA)
         hub.broadcast(Message("n", 1))
         await good.expect("n", 1)
 

@@ -22,6 +22,9 @@ from ._hub import open_hub as open_hub
 from ._message import JSONValue as JSONValue
 from ._message import Message as Message
 from ._policy import SlowClientPolicy as SlowClientPolicy
+from ._protocol import MAX_TOPIC_LENGTH as MAX_TOPIC_LENGTH
+from ._protocol import MAX_TOPICS_PER_CLIENT as MAX_TOPICS_PER_CLIENT
+from ._protocol import protocol_handler as protocol_handler
 from ._server import Authenticator as Authenticator
 from ._server import HandshakeRejection as HandshakeRejection
 from ._server import HandshakeRequest as HandshakeRequest
@@ -35,6 +38,8 @@ from ._transport import WebSocketTransport as WebSocketTransport
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_TOPICS_PER_CLIENT",
+    "MAX_TOPIC_LENGTH",
     "Authenticator",
     "BroadcastSender",
     "Client",
@@ -60,5 +65,6 @@ __all__ = [
     "TransportClosed",
     "WebSocketTransport",
     "open_hub",
+    "protocol_handler",
     "serve_hub",
 ]

@@ -1,9 +1,10 @@
-"""One registered client: its bounded queue and its reader, writer and keepalive tasks."""
+"""One registered client: its bounded queue, its reader task, and a writer task on demand."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, final
 
@@ -37,14 +38,18 @@ class Client(metaclass=NoPublicConstructor):
     """One connection registered with a :class:`Hub`.
 
     Clients are created by :meth:`Hub.register` and :meth:`Hub.serve_client`;
-    there is no public constructor. A client runs three tasks in the hub's
-    nursery until it leaves:
+    there is no public constructor. A client runs in the hub's nursery until it
+    leaves, as the Trio form of gorilla's readPump and writePump:
 
-    * a **reader**, which passes each inbound message to the ``on_message``
-      handler (the Trio form of gorilla's readPump);
-    * a **writer**, which drains the client's bounded queue into the transport,
-      several messages per write, each in its own frame (writePump);
-    * a **keepalive**, which pings every ``ping_interval`` seconds.
+    * a **reader** task passes each inbound message to the ``on_message``
+      handler;
+    * a **writer** task drains the client's bounded queue into the transport,
+      several messages per write, each in its own frame. It runs only while
+      something is queued: a client that keeps up is written to straight from
+      :meth:`Hub.broadcast`, and costs no task switch;
+    * a **ping** every ``ping_interval`` seconds, sent by the hub's one
+      keepalive task; a client that does not answer within ``pong_timeout`` is
+      closed with 4001.
 
     Whatever goes wrong with one client ends that client alone: see
     :ref:`isolation`.
@@ -59,20 +64,22 @@ class Client(metaclass=NoPublicConstructor):
         "_config",
         "_delivered",
         "_discarded",
+        "_draining",
         "_dropped",
         "_ending",
         "_finished",
         "_hub",
         "_id",
         "_identity",
-        "_keepalive_scope",
+        "_nursery",
         "_on_message",
+        "_pinging",
+        "_queue",
         "_reader_scope",
-        "_receive_queue",
         "_scope",
-        "_send_queue",
         "_topics",
         "_transport",
+        "_writing",
     )
 
     def __init__(
@@ -90,10 +97,10 @@ class Client(metaclass=NoPublicConstructor):
         self._identity = identity
         self._on_message = on_message
         self._id = next(_client_ids)
-        self._send_queue, self._receive_queue = trio.open_memory_channel[Message](config.queue_size)
-        # Messages accepted and not yet written: those in the channel plus the
-        # batch the writer holds. This, not the channel's own buffer, is the
-        # bound, so that memory per client is queue_size x message size exactly.
+        # Messages accepted and not yet handed to the transport, oldest first.
+        self._queue: deque[Message] = deque()
+        # Accepted and not yet written: the queue plus the batch being written.
+        # This is the bound, so memory per client is queue_size x message size.
         self._backlog = 0
         self._backlog_bytes = 0
         self._delivered = 0
@@ -107,8 +114,12 @@ class Client(metaclass=NoPublicConstructor):
         self._close_reason = ""
         self._scope = trio.CancelScope()
         self._reader_scope = trio.CancelScope()
-        self._keepalive_scope = trio.CancelScope()
         self._finished = trio.Event()
+        # The client's own nursery, once its task runs: the writer and pings go there.
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
+        self._draining = False
+        self._pinging = False
 
     # ----------------------------------------------------------------- public
 
@@ -144,7 +155,7 @@ class Client(metaclass=NoPublicConstructor):
 
     @property
     def close_code(self) -> int | None:
-        """Why the client left: the close code sent or received, or ``None``.
+        """The close code sent or received when the client left, or ``None``.
 
         ``None`` while the client is registered. 1006 means the connection ended
         without a close frame.
@@ -239,20 +250,26 @@ class Client(metaclass=NoPublicConstructor):
                 self._hub._deliveries += 1
                 return True
         size = len(message.encode())
-        config = self._config
-        if self._backlog >= config.queue_size or (
-            config.max_queue_bytes is not None
-            and self._backlog
-            and self._backlog_bytes + size > config.max_queue_bytes
-        ):
+        if self._is_full(size):
             return self._on_full(message, size)
         self._enqueue(message, size)
         return True
 
+    def _is_full(self, size: int) -> bool:
+        config = self._config
+        return self._backlog >= config.queue_size or (
+            config.max_queue_bytes is not None
+            and self._backlog > 0
+            and self._backlog_bytes + size > config.max_queue_bytes
+        )
+
     def _enqueue(self, message: Message, size: int) -> None:
-        self._send_queue.send_nowait(message)
+        self._queue.append(message)
         self._backlog += 1
         self._backlog_bytes += size
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._guard, self._write_loop)
 
     def _on_full(self, message: Message, size: int) -> bool:
         policy = self._config.on_slow_client
@@ -263,20 +280,14 @@ class Client(metaclass=NoPublicConstructor):
             self._evict("queue full")
             return False
         if policy is SlowClientPolicy.DROP_OLDEST:
-            max_bytes = self._config.max_queue_bytes
-            while self._backlog >= self._config.queue_size or (
-                max_bytes is not None and self._backlog and self._backlog_bytes + size > max_bytes
-            ):
-                try:
-                    oldest = self._receive_queue.receive_nowait()
-                except trio.WouldBlock:
-                    # Everything left is already being written: nothing older
-                    # can be dropped, so the new message goes instead.
-                    break
+            queue = self._queue
+            # Only messages that no write has taken yet can be dropped.
+            while queue and self._is_full(size):
+                oldest = queue.popleft()
                 self._backlog -= 1
                 self._backlog_bytes -= len(oldest.encode())
                 self._count_drop()
-            else:
+            if not self._is_full(size):
                 self._enqueue(message, size)
                 return True
         self._count_drop()
@@ -306,10 +317,11 @@ class Client(metaclass=NoPublicConstructor):
         self._scope.cancel()
 
     def _start_drain(self) -> None:
-        """Hub shutdown: stop reading and pinging, write what is queued, then leave."""
+        """Hub shutdown: stop reading, write what is queued, then leave with 1001."""
         self._reader_scope.cancel()
-        self._keepalive_scope.cancel()
-        self._send_queue.close()
+        self._draining = True
+        if self._backlog == 0:
+            self._end(CloseCode.GOING_AWAY, "hub shutting down")
 
     async def _run(self) -> None:
         # The hub, not an enclosing cancel scope, decides when a client ends, so
@@ -320,26 +332,28 @@ class Client(metaclass=NoPublicConstructor):
             try:
                 with self._scope:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._guard, self._read_loop)
-                        nursery.start_soon(self._guard, self._write_loop)
-                        if self._config.ping_interval is not None:
-                            nursery.start_soon(self._guard, self._keepalive_loop)
+                        self._nursery = nursery
+                        if self._queue and not self._writing:
+                            # Queued between registration and this task's start.
+                            self._writing = True
+                            nursery.start_soon(self._guard, self._write_loop)
+                        await self._guard(self._read_loop)
             except Exception:
                 self._hub._errors += 1
                 logger.exception("client #%d failed; closing it with 1011", self._id)
                 self._end(CloseCode.INTERNAL_ERROR, "internal error")
+            self._nursery = None
             await self._finish()
 
     async def _finish(self) -> None:
-        if not self._ending:  # every task ended by itself: nothing left to do
+        if not self._ending:  # the reader ended by itself: the peer left
             self._end(CloseCode.NORMAL, "")
         if self._backlog:
             self._discarded += self._backlog
             self._hub._discarded += self._backlog
             self._backlog = 0
             self._backlog_bytes = 0
-        self._send_queue.close()
-        self._receive_queue.close()
+        self._queue.clear()
         assert self._close_code is not None
         with trio.move_on_after(self._config.close_timeout) as close_scope:
             try:
@@ -392,66 +406,73 @@ class Client(metaclass=NoPublicConstructor):
                     )
                     self._end(CloseCode.INTERNAL_ERROR, "internal error")
                     return
+        if self._draining:
+            # Shutdown stopped the reader; the client stays until its queue is
+            # written (the writer ends it), so keep this task, and the nursery
+            # that the writer runs in, open until then.
+            await trio.sleep_forever()
 
     def _reply_error(self, code: str, detail: str) -> None:
         if not self._hub._closing:
             self.send(Message("error", {"code": code, "detail": detail}))
 
     async def _write_loop(self) -> None:
-        receive_queue = self._receive_queue
+        queue = self._queue
         transport = self._transport
         hub = self._hub
         write_timeout = self._config.write_timeout
-        while True:
-            try:
-                batch = [await receive_queue.receive()]
-            except trio.EndOfChannel:
-                # Hub shutdown, and everything queued has been written.
-                self._end(CloseCode.GOING_AWAY, "hub shutting down")
-                return
-            # Take what piled up while we waited: one write for the lot, each
-            # message still its own frame. The batch is capped in bytes so that
-            # write_timeout bounds the progress of one write, not of a backlog.
-            batch_bytes = len(batch[0].encode())
-            while batch_bytes < _MAX_BATCH_BYTES:
-                try:
-                    message = receive_queue.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                batch.append(message)
-                batch_bytes += len(message.encode())
-            # A write is never interrupted by the client being closed or evicted:
-            # a frame cut in half cannot be taken back, and would turn the close
-            # frame after it into garbage. Only write_timeout interrupts it, and
-            # then the connection is aborted rather than closed.
-            with trio.CancelScope(shield=True), trio.move_on_after(write_timeout) as write_scope:
-                await transport.send_batch(batch)
-            if write_scope.cancelled_caught:
-                self._aborted = True
-                self._evict(f"a write took longer than write_timeout={write_timeout}s")
-                return
-            written = len(batch)
-            self._backlog -= written
-            self._backlog_bytes -= batch_bytes
-            self._delivered += written
-            hub._deliveries += written
-
-    async def _keepalive_loop(self) -> None:
-        interval = self._config.ping_interval
-        assert interval is not None
-        pong_timeout = self._config.pong_timeout
-        with self._keepalive_scope:
-            while True:
-                await trio.sleep(interval)
-                with trio.move_on_after(pong_timeout) as pong_scope:
-                    await self._transport.ping()
-                if pong_scope.cancelled_caught:
-                    self._hub._keepalive_timeouts += 1
-                    logger.info(
-                        "client #%d did not answer a ping within %ss; closing it with %d",
-                        self._id,
-                        pong_timeout,
-                        CloseCode.KEEPALIVE_TIMEOUT,
-                    )
-                    self._end(CloseCode.KEEPALIVE_TIMEOUT, "keepalive timeout")
+        try:
+            # A client that has left starts no new write; one already under
+            # way finishes (see below).
+            while queue and not self._ending:
+                # Take what piled up: one write for the lot, each message still
+                # its own frame. The batch is capped in bytes so that
+                # write_timeout bounds the progress of one write, not a backlog.
+                batch = [queue.popleft()]
+                batch_bytes = len(batch[0].encode())
+                while queue and batch_bytes < _MAX_BATCH_BYTES:
+                    message = queue.popleft()
+                    batch.append(message)
+                    batch_bytes += len(message.encode())
+                # A write is never interrupted by the client being closed or
+                # evicted: a frame cut in half cannot be taken back, and would
+                # turn the close frame after it into garbage. Only write_timeout
+                # interrupts it, and then the connection is aborted, not closed.
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(write_timeout) as write_scope,
+                ):
+                    await transport.send_batch(batch)
+                if write_scope.cancelled_caught:
+                    self._aborted = True
+                    self._evict(f"a write took longer than write_timeout={write_timeout}s")
                     return
+                written = len(batch)
+                self._backlog -= written
+                self._backlog_bytes -= batch_bytes
+                self._delivered += written
+                hub._deliveries += written
+                # Let the rest of the program run between batches.
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._writing = False
+        if self._draining:
+            self._end(CloseCode.GOING_AWAY, "hub shutting down")
+
+    async def _ping(self) -> None:
+        """One keepalive round: ping, and close with 4001 without a pong in time."""
+        self._pinging = True
+        try:
+            with trio.move_on_after(self._config.pong_timeout) as pong_scope:
+                await self._guard(self._transport.ping)
+            if pong_scope.cancelled_caught and not self._ending:
+                self._hub._keepalive_timeouts += 1
+                logger.info(
+                    "client #%d did not answer a ping within %ss; closing it with %d",
+                    self._id,
+                    self._config.pong_timeout,
+                    CloseCode.KEEPALIVE_TIMEOUT,
+                )
+                self._end(CloseCode.KEEPALIVE_TIMEOUT, "keepalive timeout")
+        finally:
+            self._pinging = False

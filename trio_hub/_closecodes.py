@@ -22,7 +22,7 @@ class CloseCode(enum.IntEnum):
     UNSUPPORTED_DATA = 1003
     """The client sent a binary frame; the hub speaks JSON text frames only."""
     ABNORMAL = 1006
-    """Never sent: reported when a connection ended without a close frame."""
+    """Never sent; reported when a connection ended without a close frame."""
     INVALID_PAYLOAD = 1007
     """The client sent a text frame that is not valid UTF-8."""
     POLICY_VIOLATION = 1008
@@ -32,6 +32,6 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011
     """The application's handler raised, or trio_hub hit a bug, for this client."""
     SLOW_CLIENT = 4000
-    """Evicted: the client's queue was full, or a write exceeded ``write_timeout``."""
+    """Evicted, because the client's queue was full or a write exceeded ``write_timeout``."""
     KEEPALIVE_TIMEOUT = 4001
     """The client did not answer a ping within ``pong_timeout``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Final, NoReturn, Protocol, final, runtime_checkable
@@ -68,6 +69,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_drops",
         "_errors",
         "_evictions",
+        "_keepalive_scope",
         "_keepalive_timeouts",
         "_live",
         "_messages_broadcast",
@@ -75,6 +77,8 @@ class Hub(metaclass=NoPublicConstructor):
         "_messages_received",
         "_messages_sent",
         "_nursery",
+        "_ping_queue",
+        "_ping_wakeup",
         "_registrations",
         "_topics",
     )
@@ -85,6 +89,12 @@ class Hub(metaclass=NoPublicConstructor):
         # The default in-process backend does nothing: skip it on the hot path.
         self._backend: Backend | None = None if isinstance(backend, MemoryBackend) else backend
         self._backend_scope = trio.CancelScope()
+        self._keepalive_scope = trio.CancelScope()
+        # Clients in the order their next ping is due. Every client has the same
+        # interval and joins at the back, so this stays sorted: one task pings
+        # everyone, and an idle client costs no task of its own.
+        self._ping_queue: deque[tuple[float, Client]] = deque()
+        self._ping_wakeup = trio.Event()
         # dicts, not sets: iteration follows registration order, which keeps
         # runs reproducible.
         self._clients: dict[Client, None] = {}
@@ -182,6 +192,10 @@ class Hub(metaclass=NoPublicConstructor):
         for topic in topic_list:
             self._add_subscriber(topic, client)
         self._nursery.start_soon(client._run, name=f"trio_hub client #{client.id}")
+        interval = self._config.ping_interval
+        if interval is not None:
+            self._ping_queue.append((trio.current_time() + interval, client))
+            self._ping_wakeup.set()
         logger.debug("client #%d registered: %r", client.id, transport)
         return client
 
@@ -407,6 +421,8 @@ class Hub(metaclass=NoPublicConstructor):
         logger.debug("hub closing: %d clients", len(self._clients))
         if not self._live:
             self._all_finished.set()
+        # No more pings: the clients are leaving.
+        self._keepalive_scope.cancel()
         # Shielded: a caller's cancellation must not leave the hub half closed.
         # Every step is bounded by drain_timeout or close_timeout.
         with trio.CancelScope(shield=True):
@@ -425,6 +441,25 @@ class Hub(metaclass=NoPublicConstructor):
     async def wait_closed(self) -> None:
         """Wait until a shutdown that has started has completed."""
         await self._closed.wait()
+
+    async def _keepalive_loop(self, interval: float) -> None:
+        queue = self._ping_queue
+        with self._keepalive_scope:
+            while True:
+                if not queue:
+                    self._ping_wakeup = trio.Event()
+                    await self._ping_wakeup.wait()
+                    continue
+                due, client = queue[0]
+                if due > trio.current_time():
+                    await trio.sleep_until(due)
+                    continue
+                queue.popleft()
+                if client._ending:
+                    continue
+                if not client._pinging and client._nursery is not None:
+                    client._nursery.start_soon(client._ping)
+                queue.append((due + interval, client))
 
     async def _run_backend(self, *, task_status: trio.TaskStatus[None]) -> None:
         assert self._backend is not None
@@ -505,6 +540,8 @@ async def open_hub(
             hub = Hub._create(nursery, config, backend if backend is not None else MemoryBackend())
             if hub._backend is not None:
                 await nursery.start(hub._run_backend)
+            if config.ping_interval is not None:
+                nursery.start_soon(hub._keepalive_loop, config.ping_interval)
             try:
                 yield hub
             finally:

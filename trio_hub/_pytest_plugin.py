@@ -4,32 +4,36 @@ Installing trio_hub makes these fixtures available in every test session (the
 plugin is registered through the ``pytest11`` entry point, as pytest-trio is):
 
 * ``recording_broadcaster``: a fresh :class:`~trio_hub.testing.RecordingBroadcaster`.
-* ``hub``: an open :class:`~trio_hub.Hub` (needs pytest-trio; async tests only).
+* ``hub``: an open :class:`~trio_hub.Hub`, shut down after the test. It needs
+  pytest-trio, so only async (Trio) tests can use it.
 * ``hub_client``: a factory that connects an in-memory
-  :class:`~trio_hub.testing.MemoryClient` to ``hub``.
+  :class:`~trio_hub.testing.MemoryClient` to ``hub``; see
+  :meth:`~trio_hub.testing.TestHub.connect` for its arguments, and annotate it
+  with :class:`~trio_hub.testing.HubClientFactory`.
+* ``hub_settings``: the :func:`~trio_hub.open_hub` settings of ``hub``, empty
+  (the defaults) unless you override this fixture in your ``conftest.py`` or
+  test module.
+
+Run ``pytest -p no:trio_hub`` to switch the plugin off.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from typing import Protocol
+from collections.abc import AsyncIterator
 
 import pytest
 
-from ._hub import Hub, open_hub
-from .testing import MemoryClient, RecordingBroadcaster, memory_connection
+from ._hub import Hub
+from .testing import (
+    HubClientFactory,
+    HubSettings,
+    RecordingBroadcaster,
+    TestHub,
+    open_test_hub,
+)
 
-__all__ = ["HubClientFactory"]
-
-
-class HubClientFactory(Protocol):
-    """The type of the ``hub_client`` fixture."""
-
-    def __call__(
-        self, *, topics: Iterable[str] = (), identity: object = None, wire_capacity: int = 16
-    ) -> MemoryClient:
-        """Register a new in-memory client with ``hub`` and return its browser end."""
-        ...
+# Fixtures only: pytest finds them by name, nothing here is imported.
+__all__: list[str] = []
 
 
 @pytest.fixture
@@ -39,21 +43,30 @@ def recording_broadcaster() -> RecordingBroadcaster:
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[Hub]:
-    """An open hub with default settings, shut down after the test."""
-    async with open_hub() as opened:
-        yield opened
+def hub_settings() -> HubSettings:
+    """The settings that the ``hub`` fixture passes to :func:`~trio_hub.open_hub`.
+
+    Override it to configure ``hub``, for example::
+
+        @pytest.fixture
+        def hub_settings() -> HubSettings:
+            return {"on_message": my_app.on_message, "queue_size": 8}
+    """
+    return {}
+
+
+@pytest.fixture
+async def hub(hub_settings: HubSettings) -> AsyncIterator[Hub]:
+    """An open hub with ``hub_settings``, shut down (with 1001 to each client) after the test."""
+    async with open_test_hub(**hub_settings) as test_hub:
+        yield test_hub.hub
 
 
 @pytest.fixture
 def hub_client(hub: Hub) -> HubClientFactory:
-    """A factory of in-memory clients registered with the ``hub`` fixture."""
+    """A factory of in-memory clients registered with the ``hub`` fixture.
 
-    def connect(
-        *, topics: Iterable[str] = (), identity: object = None, wire_capacity: int = 16
-    ) -> MemoryClient:
-        transport, client = memory_connection(wire_capacity=wire_capacity)
-        hub.register(transport, topics=topics, identity=identity)
-        return client
-
-    return connect
+    Call it as ``hub_client(topics=..., identity=..., on_message=...,
+    wire_capacity=...)``; see :meth:`trio_hub.testing.TestHub.connect`.
+    """
+    return TestHub(hub).connect

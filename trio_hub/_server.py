@@ -131,7 +131,7 @@ class HubServer(metaclass=NoPublicConstructor):
 
     @property
     def connections(self) -> int:
-        """Connections open now: WebSocket clients and handshakes in progress."""
+        """How many connections are open now, WebSocket clients and handshakes in progress."""
         return self._connections
 
     async def aclose(self) -> None:

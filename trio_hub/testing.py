@@ -2,35 +2,105 @@
 
 * :class:`RecordingBroadcaster` is a :class:`~trio_hub.BroadcastSender` that
   records what was sent, for unit tests of code that only broadcasts.
-* :func:`memory_connection` makes an in-memory connection: a
-  :class:`MemoryTransport` to register with a real hub, and the
-  :class:`MemoryClient` that plays the browser. No sockets are involved, so tests
-  run under ``autojump_clock`` and keepalive and write timeouts take no real time.
+* :func:`open_test_hub` opens a real hub and yields a :class:`TestHub`, whose
+  :meth:`~TestHub.connect` registers an in-memory :class:`MemoryClient`: the
+  browser's end of a connection, driven by the test.
+* :func:`memory_connection` makes one in-memory connection by hand: a
+  :class:`MemoryTransport` to register with any hub, and its
+  :class:`MemoryClient`.
+
+No sockets are involved, so tests run under pytest-trio's ``autojump_clock``, and
+keepalive and write timeouts take no real time. The in-memory connection behaves
+like a real one where the hub can tell: its buffers are bounded (a client that
+stops reading fills them up and is evicted), pings need an answer, and close
+codes travel both ways. ``tests/test_conformance.py`` runs one scenario over this
+transport and over real trio-websocket connections and checks that both give
+the same results.
+
+Payloads in assertions may contain :data:`unittest.mock.ANY` wherever any value
+is fine, for example ``await client.expect("error", {"code": "invalid_json",
+"detail": ANY})``.
+
+The pytest plugin that comes with trio_hub wraps these in the fixtures ``hub``,
+``hub_client``, ``hub_settings`` and ``recording_broadcaster``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, Protocol, TypedDict, Unpack, final
 
 import trio
 
 from ._closecodes import CloseCode
 from ._errors import TransportClosed
-from ._message import JSONValue, Message
+from ._hub import Hub, open_hub
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._config import MessageHandler
+    from ._policy import SlowClientPolicy
+    from .backends import Backend
 
 __all__ = [
+    "HubClientFactory",
+    "HubSettings",
     "MemoryClient",
     "MemoryClientClosed",
     "MemoryTransport",
     "RecordingBroadcaster",
     "SentMessage",
+    "TestHub",
     "memory_connection",
+    "open_test_hub",
 ]
 
 _DEFAULT_TIMEOUT: Final = 5.0
+_DEFAULT_WIRE_CAPACITY: Final = 16
+
+
+class HubSettings(TypedDict, total=False):
+    """The keyword arguments of :func:`~trio_hub.open_hub`, each optional.
+
+    :func:`open_test_hub` takes them, and the ``hub_settings`` fixture returns
+    them. Each has the meaning and the default that :func:`~trio_hub.open_hub`
+    gives it.
+    """
+
+    queue_size: int
+    max_queue_bytes: int | None
+    on_slow_client: SlowClientPolicy
+    ping_interval: float | None
+    pong_timeout: float
+    write_timeout: float
+    drain_timeout: float
+    close_timeout: float
+    on_message: MessageHandler | None
+    backend: Backend | None
+
+
+class HubClientFactory(Protocol):
+    """The type of the ``hub_client`` fixture: :meth:`TestHub.connect` on ``hub``.
+
+    Annotate the fixture with it in your tests::
+
+        async def test_join(hub_client: HubClientFactory) -> None: ...
+    """
+
+    def __call__(
+        self,
+        *,
+        topics: Iterable[str] = (),
+        identity: object = None,
+        on_message: MessageHandler | None = None,
+        wire_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
+    ) -> MemoryClient:
+        """Connect a new in-memory client to ``hub``; see :meth:`TestHub.connect`."""
+        ...
 
 
 # --------------------------------------------------------------- broadcaster
@@ -77,12 +147,28 @@ class RecordingBroadcaster:
         """Every call, in order."""
 
     def broadcast(self, message: Message) -> int:
-        """Record a broadcast of ``message``."""
+        """Record a broadcast of ``message``.
+
+        Returns:
+            The ``listeners`` given to the constructor.
+
+        Raises:
+            TypeError: if ``message`` is not a :class:`~trio_hub.Message`, as a
+                real hub raises.
+        """
         self.sent.append(SentMessage(None, _check_message(message)))
         return self._listeners
 
     def publish(self, topic: str, message: Message) -> int:
-        """Record a publication of ``message`` on ``topic``."""
+        """Record a publication of ``message`` on ``topic``.
+
+        Returns:
+            The ``listeners`` given to the constructor.
+
+        Raises:
+            ValueError: if ``topic`` is not a non-empty ``str``, as a real hub raises.
+            TypeError: if ``message`` is not a :class:`~trio_hub.Message`.
+        """
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"a topic must be a non-empty str, got {topic!r}")
         self.sent.append(SentMessage(topic, _check_message(message)))
@@ -101,26 +187,37 @@ class RecordingBroadcaster:
         """Forget everything recorded so far."""
         self.sent.clear()
 
-    def assert_broadcast(self, type: str, payload: JSONValue = None) -> None:
+    def assert_broadcast(self, type: str, payload: object = None) -> None:
         """Assert that a message with this type and payload was broadcast.
 
+        Args:
+            type: The expected message type.
+            payload: The expected payload; :data:`unittest.mock.ANY` matches
+                any value, also inside lists and dicts.
+
         Raises:
             AssertionError: listing everything that was sent, if none matches.
         """
-        expected = Message(type, payload)
-        if expected not in self.broadcasts:
-            raise AssertionError(f"expected a broadcast of {expected!r}; {self._describe_sent()}")
+        if not any(_matches(message, type, payload) for message in self.broadcasts):
+            raise AssertionError(
+                f"expected a broadcast of {_format(type, payload)}; {self._describe_sent()}"
+            )
 
-    def assert_published(self, topic: str, type: str, payload: JSONValue = None) -> None:
+    def assert_published(self, topic: str, type: str, payload: object = None) -> None:
         """Assert that a message with this type and payload was published on ``topic``.
 
+        Args:
+            topic: The topic it must have been published on.
+            type: The expected message type.
+            payload: The expected payload; :data:`unittest.mock.ANY` matches
+                any value.
+
         Raises:
             AssertionError: listing everything that was sent, if none matches.
         """
-        expected = Message(type, payload)
-        if expected not in self.published(topic):
+        if not any(_matches(message, type, payload) for message in self.published(topic)):
             raise AssertionError(
-                f"expected {expected!r} published on {topic!r}; {self._describe_sent()}"
+                f"expected {_format(type, payload)} published on {topic!r}; {self._describe_sent()}"
             )
 
     def assert_sent_exactly(self, *expected: SentMessage) -> None:
@@ -130,7 +227,12 @@ class RecordingBroadcaster:
             AssertionError: showing both sequences, if they differ.
         """
         if list(expected) != self.sent:
-            raise AssertionError(f"expected exactly {list(expected)!r}; {self._describe_sent()}")
+            wanted = "\n".join(
+                f"  {index}. {_describe(sent)}" for index, sent in enumerate(expected, 1)
+            )
+            raise AssertionError(
+                f"expected exactly:\n{wanted or '  nothing'}\n{self._describe_sent()}"
+            )
 
     def assert_nothing_sent(self) -> None:
         """Assert that nothing was broadcast or published.
@@ -144,13 +246,16 @@ class RecordingBroadcaster:
     def _describe_sent(self) -> str:
         if not self.sent:
             return "nothing was sent"
-        lines = [
-            f"  {index}. "
-            + ("broadcast " if sent.topic is None else f"publish on {sent.topic!r} ")
-            + repr(sent.message)
-            for index, sent in enumerate(self.sent, 1)
-        ]
+        lines = [f"  {index}. {_describe(sent)}" for index, sent in enumerate(self.sent, 1)]
         return "sent were:\n" + "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<RecordingBroadcaster: {len(self.sent)} recorded>"
+
+
+def _describe(sent: SentMessage) -> str:
+    where = "broadcast" if sent.topic is None else f"publish on {sent.topic!r}"
+    return f"{where} {sent.message!r}"
 
 
 def _check_message(message: Message) -> Message:
@@ -159,18 +264,39 @@ def _check_message(message: Message) -> Message:
     return message
 
 
+def _matches(message: Message, type: str, payload: object) -> bool:
+    # Compare the parts, not Message objects: an expected payload may hold
+    # unittest.mock.ANY, which is no JSON and cannot go into a Message.
+    return message.type == type and message.payload == payload
+
+
+def _format(type: str, payload: object) -> str:
+    # The same spelling as Message.__repr__, so expected and received line up.
+    return f"Message({type!r}, {payload!r})"
+
+
+def _describe_close(code: int, reason: str) -> str:
+    try:
+        name = f" {CloseCode(code).name}"
+    except ValueError:
+        name = ""
+    return f"code {code}{name}" + (f", reason {reason!r}" if reason else "")
+
+
 # --------------------------------------------------------- memory transport
 
 
 class MemoryClientClosed(Exception):
-    """The hub closed the in-memory connection.
+    """The in-memory connection is closed.
 
     Raised by :class:`MemoryClient`'s receive methods once every message
-    written before the close has been read, like a WebSocket client that reads
-    up to the close frame.
+    written before the hub's close has been read, as a WebSocket client reads up
+    to the close frame. After the client closed the connection itself, unread
+    messages are discarded and it is raised at once, as trio-websocket does.
 
     Attributes:
-        code: The close code the hub sent.
+        code: The close code: the one the hub sent, the one the client sent if
+            it closed first, or 1006 if the hub aborted the connection.
         reason: The close reason.
     """
 
@@ -180,7 +306,7 @@ class MemoryClientClosed(Exception):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"connection closed by the hub (code={self.code}, reason={self.reason!r})"
+        return f"connection closed ({_describe_close(self.code, self.reason)})"
 
 
 @final
@@ -198,6 +324,7 @@ class _Link:
         "peer_closed",
         "pings",
         "reason",
+        "server_side",
     )
 
     def __init__(self, wire_capacity: int | float, inbound_capacity: int | float) -> None:
@@ -211,6 +338,7 @@ class _Link:
         self.peer_closed = False
         self.code: int | None = None
         self.reason = ""
+        self.server_side: Client | None = None
 
 
 @final
@@ -258,7 +386,12 @@ class MemoryTransport:
         return True
 
     async def ping(self) -> None:
-        """See :meth:`trio_hub.Transport.ping`."""
+        """See :meth:`trio_hub.Transport.ping`.
+
+        The pong comes at once while :attr:`MemoryClient.auto_pong` is true, even
+        if the test is not reading: a browser answers pings in its network layer,
+        whatever the page's script is doing. Otherwise it never comes.
+        """
         link = self._link
         if link.closed.is_set():
             raise self._closed()
@@ -297,15 +430,41 @@ class MemoryTransport:
 class MemoryClient:
     """The browser's end of an in-memory connection.
 
-    Get one from :func:`memory_connection`. Receive methods take a ``timeout``
-    in seconds (virtual seconds under ``autojump_clock``) and raise
-    :class:`trio.TooSlowError` when it passes.
+    Get one from :meth:`TestHub.connect` (or the ``hub_client`` fixture), or
+    from :func:`memory_connection`. Receive methods take a ``timeout`` in
+    seconds (virtual seconds under ``autojump_clock``). The ``expect*`` methods
+    are assertions: they raise :class:`AssertionError` with what was expected
+    and what happened instead.
+
+    Example::
+
+        async with open_test_hub() as test_hub:
+            alice = test_hub.connect(topics=["news"])
+            test_hub.hub.publish("news", Message("headline", "hello"))
+            await alice.expect("headline", "hello")
+            await alice.send(Message("bye"))
     """
 
     __slots__ = ("_link",)
 
     def __init__(self, link: _Link) -> None:
         self._link = link
+
+    @property
+    def server_side(self) -> Client:
+        """The :class:`~trio_hub.Client` that the hub made for this connection.
+
+        Raises:
+            RuntimeError: if this client was made with :func:`memory_connection`
+                (then the hub's client is what :meth:`~trio_hub.Hub.register` returned).
+        """
+        client = self._link.server_side
+        if client is None:
+            raise RuntimeError(
+                "this MemoryClient was not connected by TestHub.connect(); "
+                "its hub-side Client is what Hub.register() returned"
+            )
+        return client
 
     @property
     def auto_pong(self) -> bool:
@@ -362,14 +521,20 @@ class MemoryClient:
                 frame written before the close has been read.
             trio.TooSlowError: if nothing arrives within ``timeout`` seconds.
         """
-        with trio.fail_after(timeout):
+        with trio.move_on_after(timeout):
             try:
                 return await self._link.outbound_receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise self._closed() from None
+        raise trio.TooSlowError(f"nothing received within {timeout}s (the connection is open)")
 
     async def receive(self, *, timeout: float = _DEFAULT_TIMEOUT) -> Message:
-        """Wait for the next message from the hub, decoded."""
+        """Wait for the next message from the hub, decoded.
+
+        Raises:
+            MemoryClientClosed: as :meth:`receive_text`.
+            trio.TooSlowError: as :meth:`receive_text`.
+        """
         return Message.decode(await self.receive_text(timeout=timeout))
 
     def receive_nowait(self) -> Message:
@@ -394,28 +559,113 @@ class MemoryClient:
             except (trio.WouldBlock, MemoryClientClosed):
                 return messages
 
+    async def receive_until_closed(
+        self, *, timeout: float = _DEFAULT_TIMEOUT
+    ) -> tuple[list[Message], int]:
+        """Read every message up to the close, as a client does at shutdown.
+
+        Args:
+            timeout: Seconds to wait for the close, in all.
+
+        Returns:
+            ``(messages, close_code)``.
+
+        Raises:
+            trio.TooSlowError: if the connection is still open after ``timeout``.
+        """
+        messages: list[Message] = []
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    messages.append(await self.receive(timeout=math.inf))
+                except MemoryClientClosed as closed:
+                    return messages, closed.code
+
     async def expect(
         self,
         type: str,
-        payload: JSONValue = None,
+        payload: object = None,
         *,
         timeout: float = _DEFAULT_TIMEOUT,
     ) -> Message:
         """Receive the next message and assert its type and payload.
 
+        Args:
+            type: The expected message type.
+            payload: The expected payload; :data:`unittest.mock.ANY` matches any
+                value, also inside lists and dicts.
+            timeout: Seconds to wait for the message.
+
+        Returns:
+            The message received.
+
         Raises:
-            AssertionError: showing what was expected and what arrived.
+            AssertionError: if another message arrives (showing both), nothing
+                arrives within ``timeout``, or the connection closes first
+                (showing the close code).
         """
-        expected = Message(type, payload)
-        got = await self.receive(timeout=timeout)
-        if got != expected:
-            raise AssertionError(f"expected {expected!r}, received {got!r}")
+        expected = _format(type, payload)
+        try:
+            got = await self.receive(timeout=timeout)
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"expected {expected} within {timeout}s, but nothing arrived "
+                "(the connection is open)"
+            ) from None
+        except MemoryClientClosed as closed:
+            raise AssertionError(
+                f"expected {expected}, but the connection closed first "
+                f"({_describe_close(closed.code, closed.reason)})"
+            ) from None
+        if not _matches(got, type, payload):
+            unread = f"\n  ({self.pending} more unread)" if self.pending else ""
+            raise AssertionError(
+                f"received the wrong message\n  expected: {expected}\n  received: {got!r}{unread}"
+            )
         return got
+
+    async def expect_closed(
+        self, code: int | None = None, *, timeout: float = _DEFAULT_TIMEOUT
+    ) -> int:
+        """Assert that the next thing to arrive is the close, with ``code``.
+
+        Args:
+            code: The expected close code, or ``None`` for any.
+            timeout: Seconds to wait for the close.
+
+        Returns:
+            The close code.
+
+        Raises:
+            AssertionError: if a message arrives first, the connection stays
+                open for ``timeout`` seconds, or the code differs.
+        """
+        wanted = "closed" if code is None else f"closed with {_describe_close(code, '')}"
+        try:
+            got = await self.receive(timeout=timeout)
+        except trio.TooSlowError:
+            raise AssertionError(
+                f"expected the connection {wanted} within {timeout}s, but it is open"
+            ) from None
+        except MemoryClientClosed as closed:
+            if code is not None and closed.code != code:
+                raise AssertionError(
+                    f"expected the connection {wanted}, but it was closed with "
+                    f"{_describe_close(closed.code, closed.reason)}"
+                ) from None
+            return closed.code
+        raise AssertionError(
+            f"expected the connection {wanted}, but received {got!r} first"
+            + (f" ({self.pending} more unread)" if self.pending else "")
+        )
 
     async def wait_closed(self, *, timeout: float = _DEFAULT_TIMEOUT) -> int:
         """Wait until the connection is closed, and return the close code.
 
         Unread messages stay readable.
+
+        Raises:
+            trio.TooSlowError: if the connection is still open after ``timeout``.
         """
         with trio.fail_after(timeout):
             await self._link.closed.wait()
@@ -424,7 +674,11 @@ class MemoryClient:
         return code
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close the connection from the browser's side."""
+        """Close the connection from the browser's side.
+
+        The hub sees ``code`` and ``reason``. Messages not read yet are
+        discarded, as trio-websocket discards them when it closes.
+        """
         link = self._link
         await trio.lowlevel.checkpoint()
         if link.closed.is_set():
@@ -447,9 +701,13 @@ class MemoryClient:
 
 
 def memory_connection(
-    *, wire_capacity: int | float = 16, inbound_capacity: int | float = 16
+    *,
+    wire_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
+    inbound_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
 ) -> tuple[MemoryTransport, MemoryClient]:
     """Make an in-memory connection: the hub's end and the client's end.
+
+    Most tests want :meth:`TestHub.connect`, which also registers it.
 
     Args:
         wire_capacity: How many frames the "network" between hub and client
@@ -460,6 +718,9 @@ def memory_connection(
     Returns:
         ``(transport, client)``: register ``transport`` with a hub, drive
         ``client`` from the test.
+
+    Raises:
+        ValueError: if a capacity is not an ``int`` >= 0 or ``math.inf``.
 
     Example::
 
@@ -473,3 +734,98 @@ def memory_connection(
             raise ValueError(f"{name} must be an int >= 0 or math.inf, got {value!r}")
     link = _Link(wire_capacity, inbound_capacity)
     return MemoryTransport(link), MemoryClient(link)
+
+
+# ------------------------------------------------------------------ test hub
+
+
+@final
+class TestHub:
+    """An open hub, and a way to connect in-memory clients to it.
+
+    :func:`open_test_hub` yields one. You can also wrap a hub that your
+    application opened itself: ``TestHub(hub)``.
+
+    Args:
+        hub: An open hub.
+    """
+
+    # A test module that imports this class must not have pytest collect it.
+    __test__ = False
+
+    __slots__ = ("_hub",)
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    @property
+    def hub(self) -> Hub:
+        """The hub, to pass to the code under test."""
+        return self._hub
+
+    def connect(
+        self,
+        *,
+        topics: Iterable[str] = (),
+        identity: object = None,
+        on_message: MessageHandler | None = None,
+        wire_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
+    ) -> MemoryClient:
+        """Connect a new in-memory client, registered with the hub at once.
+
+        The client's tasks start at the hub's next checkpoint, like those of any
+        registered client; until then messages wait in its queue or on its wire.
+
+        Args:
+            topics: Topics to subscribe the client to, as for :meth:`~trio_hub.Hub.register`.
+            identity: As for :meth:`~trio_hub.Hub.register`.
+            on_message: A handler for this client's messages, overriding the
+                hub's, as for :meth:`~trio_hub.Hub.register`.
+            wire_capacity: Frames the connection buffers before the hub's
+                writes block, as for :func:`memory_connection`. A client that
+                stops reading is evicted once these and the hub's
+                ``queue_size`` are full. ``math.inf`` makes a client that is
+                never slow.
+
+        Returns:
+            The browser's end; its :attr:`~MemoryClient.server_side` is the
+            hub's :class:`~trio_hub.Client`.
+
+        Raises:
+            HubClosedError: if the hub is closing.
+        """
+        transport, peer = memory_connection(wire_capacity=wire_capacity)
+        client = self._hub.register(
+            transport, topics=topics, identity=identity, on_message=on_message
+        )
+        peer._link.server_side = client
+        return peer
+
+    def __repr__(self) -> str:
+        return f"<TestHub {self._hub!r}>"
+
+
+@asynccontextmanager
+async def open_test_hub(**settings: Unpack[HubSettings]) -> AsyncIterator[TestHub]:
+    """Open a real hub for a test, with no sockets; connect clients with :meth:`TestHub.connect`.
+
+    This is :func:`~trio_hub.open_hub` (it takes the same settings, with the same
+    defaults) plus in-memory clients. Leaving the block shuts the hub down, so
+    every connected client ends with 1001 after its queue is flushed.
+
+    Example::
+
+        async def test_news_reaches_subscribers() -> None:
+            async with open_test_hub(queue_size=8) as test_hub:
+                reader = test_hub.connect(topics=["news"])
+                test_hub.hub.publish("news", Message("headline", "hello"))
+                await reader.expect("headline", "hello")
+
+    Args:
+        **settings: Any keyword argument of :func:`~trio_hub.open_hub`.
+
+    Yields:
+        The :class:`TestHub`.
+    """
+    async with open_hub(**settings) as hub:
+        yield TestHub(hub)

@@ -1,0 +1,213 @@
+"""The browser page served on ``GET /``, in a real headless Chromium.
+
+Chromium is Debian's ``/usr/bin/chromium`` (never a browser download), driven by
+Playwright's synchronous API against ``python -m trio_hub serve`` running as a
+subprocess. Every wait has a time limit, and the server is always killed.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM: Final = "/usr/bin/chromium"
+CHROMIUM_ARGS: Final = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS: Final = 15_000  # for any one thing to appear on a page
+LISTENING: Final = re.compile(r"listening on ws://127\.0\.0\.1:(\d+)/")
+
+
+class ServerProcess:
+    """``python -m trio_hub serve`` in a subprocess, with its stderr read by a thread."""
+
+    def __init__(self, *args: str, port: int = 0) -> None:
+        command = [sys.executable, "-m", "trio_hub", "serve", "--host", "127.0.0.1"]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(port), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = int(self.wait_for_line(LISTENING)[1])
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for_line(self, pattern: re.Pattern[str] | str, timeout: float = 15) -> re.Match[str]:
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if match := regex.search(line):
+                return match
+        while True:
+            new = self._queue.get(timeout=timeout)  # queue.Empty fails the test
+            if new is None:
+                raise AssertionError(f"server exited without logging {regex.pattern!r}")
+            self.lines.append(new)
+            if match := regex.search(new):
+                return match
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        return self.process.wait(timeout=15)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=15)
+        self._reader.join(timeout=15)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+
+
+@contextmanager
+def running_server(*args: str, port: int = 0) -> Iterator[ServerProcess]:
+    server = ServerProcess(*args, port=port)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def open_page(browser: Browser, url: str, errors: list[str]) -> Page:
+    page = browser.new_page(viewport={"width": 1100, "height": 720})
+    page.set_default_timeout(WAIT_MS)
+    # A script error on the page fails the test.
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    return page
+
+
+def expect_connected(page: Page) -> None:
+    expect(page.locator("#state")).to_have_attribute("data-state", "connected", timeout=WAIT_MS)
+
+
+def feed_entry(page: Page, kind: str, text: str) -> None:
+    entry = page.locator(f'#feed li[data-type="{kind}"] .body', has_text=text)
+    expect(entry).to_have_count(1, timeout=WAIT_MS)
+
+
+def subscribe(page: Page, topic: str) -> None:
+    page.fill("#topic-input", topic)
+    page.click("#subscribe")
+    feed_entry(page, "subscribed", topic)
+    expect(page.locator(f'#topics li[data-topic="{topic}"]')).to_have_count(1)
+
+
+def publish(page: Page, topic: str, text: str) -> None:
+    page.fill("#publish-topic", topic)
+    page.fill("#publish-input", text)
+    page.click("#publish-send")
+
+
+def test_two_pages_broadcast_subscribe_publish_and_reconnect(
+    browser: Browser, tmp_path: Path
+) -> None:
+    errors: list[str] = []
+    server = ServerProcess()
+    try:
+        url = f"http://127.0.0.1:{server.port}/"
+        first = open_page(browser, url, errors)
+        second = open_page(browser, url, errors)
+        expect_connected(first)
+        expect_connected(second)
+        server.wait_for_line(r"client #2 connected")
+
+        # A broadcast from the box reaches both pages' feeds.
+        first.fill("#broadcast-input", "hello from the first page")
+        first.click("#broadcast-send")
+        for page in (first, second):
+            feed_entry(page, "broadcast", "hello from the first page")
+        expect(first.locator("#listener-count")).to_contain_text("2 client(s)")
+        expect(first.locator("#broadcast-input")).to_have_value("")
+
+        # Topics: only the subscriber gets the publication.
+        subscribe(second, "news")
+        publish(first, "news", "headline one")
+        feed_entry(second, "message", "[news] headline one")
+        feed_entry(first, "publishResult", "[news] reached 1 subscriber(s)")
+        expect(first.locator('#feed li[data-type="message"]')).to_have_count(0)
+
+        screenshot = tmp_path / "page.png"
+        second.screenshot(path=str(screenshot))
+        assert screenshot.read_bytes().startswith(b"\x89PNG")
+
+        # The server goes away: both pages see 1001 and say so...
+        assert server.stop() == 0
+        for page in (first, second):
+            expect(page.locator("#state")).to_have_attribute("data-state", "disconnected")
+            expect(page.locator("#state")).to_contain_text("1001")
+            expect(page.locator("#broadcast-send")).to_be_disabled()
+        server.kill()
+
+        # ...and reconnect once it is back on the same port, renewing subscriptions.
+        server = ServerProcess(port=server.port)
+        expect_connected(first)
+        expect_connected(second)
+        # Renewed by the page itself: "subscribed" is now in its feed twice.
+        expect(second.locator('#feed li[data-type="subscribed"]')).to_have_count(2)
+        publish(first, "news", "headline two")
+        feed_entry(second, "message", "[news] headline two")
+        second.click("#clear-feed")
+        expect(second.locator("#feed li")).to_have_count(0)
+    finally:
+        server.kill()
+    assert errors == []
+
+
+def test_the_page_passes_its_token_on(browser: Browser) -> None:
+    errors: list[str] = []
+    with running_server("--auth-token", "letmein") as server:
+        base = f"http://127.0.0.1:{server.port}/"
+        refused = open_page(browser, base, errors)
+        expect(refused.locator("#state")).to_have_attribute("data-state", "disconnected")
+        server.wait_for_line(r"rejected \(401\)")
+
+        admitted = open_page(browser, base + "?token=letmein", errors)
+        expect_connected(admitted)
+        admitted.fill("#broadcast-input", "<b>not bold</b>")
+        admitted.press("#broadcast-input", "Enter")
+        # Shown as text, never as markup: messages from others are data.
+        feed_entry(admitted, "broadcast", "<b>not bold</b>")
+        expect(admitted.locator("#feed b")).to_have_count(0)
+        # The token is not shown on the page.
+        expect(admitted.locator("body")).not_to_contain_text("letmein")
+    assert errors == []

@@ -1,0 +1,372 @@
+"""``python -m trio_hub serve``: a ready WebSocket hub server (also the ``trio-hub`` script).
+
+It runs :func:`~trio_hub.open_hub` with the wire protocol handler
+(:func:`trio_hub._protocol.protocol_handler`) behind :func:`~trio_hub.serve_hub`,
+and logs one line per event to stderr. SIGINT and SIGTERM shut it down
+gracefully: it stops accepting, drains every client, closes each with 1001, and
+exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from ._hub import open_hub
+from ._policy import SlowClientPolicy
+from ._protocol import protocol_handler
+from ._server import Authenticator, HandshakeRejection, HandshakeRequest, HubServer, serve_hub
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+__all__ = ["main"]
+
+logger: Final = logging.getLogger("trio_hub.cli")
+
+AUTH_TOKEN_ENV: Final = "TRIO_HUB_AUTH_TOKEN"
+_LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process's exit status.
+
+    Args:
+        argv: The arguments, without the program name; ``sys.argv[1:]`` by default.
+
+    Returns:
+        0 after a graceful shutdown, 1 if the server could not start.
+    """
+    options = _parser().parse_args(argv)
+    if options.auth_token is None:
+        # Read here, not as the option's default, so that --help never shows it.
+        options.auth_token = os.environ.get(AUTH_TOKEN_ENV) or None
+    _configure_logging(options.log_level)
+    try:
+        return trio.run(_serve, options)
+    except KeyboardInterrupt:
+        # SIGINT before the signal handlers were installed (or after they were
+        # removed): nothing was serving, so there is nothing to drain.
+        return 130
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _parser() -> argparse.ArgumentParser:
+    prog = "python -m trio_hub" if sys.argv[0].endswith("__main__.py") else "trio-hub"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="trio_hub: a WebSocket broadcast hub for Trio.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run a hub server",
+        description=(
+            "Run a WebSocket hub that speaks the trio_hub wire protocol (a superset of "
+            "the websocket-shootout protocol: echo, broadcast, and topic subscribe, "
+            "unsubscribe and publish), and serves a browser page on GET /. "
+            "SIGINT and SIGTERM shut it down gracefully: clients are closed with 1001 "
+            "and the exit status is 0."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    network = serve.add_argument_group("network")
+    network.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    network.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on; 0 picks a free one"
+    )
+
+    clients = serve.add_argument_group("clients")
+    clients.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=256,
+        help="messages that may wait for one client before the slow-client policy applies",
+    )
+    clients.add_argument(
+        "--slow-client-policy",
+        choices=[policy.value for policy in SlowClientPolicy],
+        default=SlowClientPolicy.EVICT.value,
+        help=(
+            "what happens when a client's queue is full: close it with 4000 (evict), "
+            "drop the new message (drop-newest) or drop the oldest queued one (drop-oldest)"
+        ),
+    )
+    clients.add_argument(
+        "--ping-interval",
+        type=_non_negative_float,
+        default=20.0,
+        metavar="SECONDS",
+        help="seconds between keepalive pings; 0 disables them",
+    )
+    clients.add_argument(
+        "--pong-timeout",
+        type=_positive_float,
+        default=20.0,
+        metavar="SECONDS",
+        help="seconds a client has to answer a ping before it is closed with 4001",
+    )
+    clients.add_argument(
+        "--write-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds one write to a client may take before it is evicted with 4000",
+    )
+    clients.add_argument(
+        "--drain-timeout",
+        type=_non_negative_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds a shutdown waits for queued messages to be written before closing",
+    )
+
+    limits = serve.add_argument_group("handshake and limits")
+    limits.add_argument(
+        "--max-message-size",
+        type=_positive_int,
+        default=1 << 20,
+        metavar="BYTES",
+        help="largest inbound message; a bigger one closes its client with 1009",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="most connections open at once; past it, HTTP 503 (default: no limit)",
+    )
+    limits.add_argument(
+        "--handshake-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds a client has to complete the WebSocket handshake",
+    )
+    limits.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        dest="allowed_origins",
+        help=(
+            "an Origin allowed besides the server's own host (repeatable; '*' allows any) "
+            "(default: none: a browser's Origin must match the Host header, or gets HTTP 403)"
+        ),
+    )
+    limits.add_argument(
+        "--auth-token",
+        default=None,
+        metavar="TOKEN",
+        help=(
+            "require this token, as 'Authorization: Bearer TOKEN' or '?token=TOKEN', "
+            "or refuse the handshake with HTTP 401. Prefer setting the "
+            f"{AUTH_TOKEN_ENV} environment variable, which other users cannot read in "
+            f"the process list (default: ${AUTH_TOKEN_ENV} if set, else no authentication)"
+        ),
+    )
+
+    # Where messages are shared with other hub processes. Only the in-process
+    # default exists here; a backend option (such as --redis URL) is added to
+    # this group and turned into a Backend in _backend().
+    serve.add_argument_group("backend", "default: in-process only (one node)")
+
+    output = serve.add_argument_group("output")
+    output.add_argument(
+        "--log-level",
+        choices=_LOG_LEVELS,
+        default="info",
+        help=(
+            "least severe log events to print to stderr (the 'listening on' line is "
+            "printed whatever the level)"
+        ),
+    )
+    return parser
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default, except where "none" needs words, which the help gives."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be finite, not {text}")
+    return value
+
+
+# ---------------------------------------------------------------- logging
+
+
+class _OneLineFormatter(logging.Formatter):
+    """One line per event: an exception is summed up on its line, not as a traceback.
+
+    Tracebacks still appear in full at ``--log-level debug``, where they help.
+    """
+
+    def __init__(self, *, full_tracebacks: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._full_tracebacks = full_tracebacks
+
+    def formatException(self, ei: logging._SysExcInfoType) -> str:
+        if self._full_tracebacks:
+            return super().formatException(ei)
+        _, exc, tb = ei
+        if exc is None:
+            return ""
+        where = ""
+        frames = traceback.extract_tb(tb)
+        if frames:
+            last = frames[-1]
+            where = f" (at {os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+        return f"{type(exc).__name__}: {exc}{where}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if self._full_tracebacks else text.replace("\n", " | ")
+
+
+def _configure_logging(level_name: str) -> None:
+    level = getattr(logging, level_name.upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter(full_tracebacks=level <= logging.DEBUG))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Other libraries (trio-websocket, wsproto) only speak up for warnings:
+    # their debug output is per frame, not per event.
+    root.setLevel(max(level, logging.WARNING))
+    logging.getLogger("trio_hub").setLevel(level)
+
+
+# ----------------------------------------------------------------- serving
+
+
+def _token_authenticator(token: str) -> Authenticator:
+    expected = token.encode()
+
+    async def authenticate(request: HandshakeRequest) -> object:
+        offered: list[str] = []
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            offered.append(credentials.strip())
+        if "token" in request.query:
+            offered.append(request.query["token"])
+        # compare_digest: the time taken must not reveal how much of a guess was right.
+        if not any(hmac.compare_digest(candidate.encode(), expected) for candidate in offered):
+            raise HandshakeRejection(
+                401, "Unauthorized: send 'Authorization: Bearer <token>' or '?token=<token>'"
+            )
+        return None
+
+    return authenticate
+
+
+def _backend(options: argparse.Namespace) -> Backend | None:
+    """The backend that the options ask for; ``None`` is the in-process default."""
+    return None
+
+
+async def _serve(options: argparse.Namespace) -> int:
+    # Installed before anything listens, so that a signal at any moment from
+    # here on gets the graceful shutdown, never a KeyboardInterrupt traceback.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_hub(
+            queue_size=options.queue_size,
+            on_slow_client=SlowClientPolicy(options.slow_client_policy),
+            ping_interval=options.ping_interval or None,
+            pong_timeout=options.pong_timeout,
+            write_timeout=options.write_timeout,
+            drain_timeout=options.drain_timeout,
+            on_message=protocol_handler,
+            backend=_backend(options),
+        ) as hub:
+            authenticate = _token_authenticator(options.auth_token) if options.auth_token else None
+            async with trio.open_nursery() as nursery:
+                try:
+                    server: HubServer = await nursery.start(
+                        partial(
+                            serve_hub,
+                            hub,
+                            options.host,
+                            options.port,
+                            authenticate=authenticate,
+                            allowed_origins=options.allowed_origins,
+                            max_connections=options.max_connections,
+                            handshake_timeout=options.handshake_timeout,
+                            max_message_size=options.max_message_size,
+                        )
+                    )
+                except OSError as exc:
+                    logger.error(  # noqa: TRY400  the cause is all a user needs here
+                        "cannot listen on %s:%s: %s", options.host, options.port, exc
+                    )
+                    return 1
+                if not logging.getLogger("trio_hub").isEnabledFor(logging.INFO):
+                    # serve_hub logs this line at INFO; scripts that start the
+                    # server parse it for the port, so it is there at any level.
+                    print(f"listening on {server.url}", file=sys.stderr, flush=True)
+                async for signum in signals:
+                    logger.info("%s received: shutting down", signal.Signals(signum).name)
+                    break
+                await server.aclose()
+    logger.info("shut down cleanly")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

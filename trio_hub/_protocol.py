@@ -1,0 +1,205 @@
+"""The wire protocol of the ready server (``python -m trio_hub serve``).
+
+It is an ``on_message`` handler, :func:`protocol_handler`, so that any hub can
+speak it. It is a superset of the websocket-shootout benchmark protocol (``echo``
+and ``broadcast``), so that load tools written for that benchmark drive the
+server unchanged; topics are an addition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+from . import _codec
+from ._errors import HubClosedError
+from ._message import JSONValue, Message, _json_kind
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["MAX_TOPICS_PER_CLIENT", "MAX_TOPIC_LENGTH", "protocol_handler"]
+
+logger: Final = logging.getLogger("trio_hub.protocol")
+
+MAX_TOPIC_LENGTH: Final = 128
+"""The longest topic name, in characters, that the wire protocol accepts."""
+
+MAX_TOPICS_PER_CLIENT: Final = 100
+"""How many topics one client may be subscribed to at once through the wire protocol."""
+
+
+class _ProtocolError(Exception):
+    """A message the protocol cannot act on; it becomes an ``error`` reply."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+
+async def protocol_handler(client: Client, message: Message) -> None:
+    """Answer one inbound message as the wire protocol says; an ``on_message`` handler.
+
+    ``python -m trio_hub serve`` runs this handler. Pass it to
+    :func:`~trio_hub.open_hub` to serve the same protocol from your own program,
+    or call it from your own handler for the types that you do not handle::
+
+        async with open_hub(on_message=protocol_handler) as hub:
+            await serve_hub(hub, "127.0.0.1", 8000)
+
+    Every frame is a JSON text frame holding ``{"type": ..., "payload": ...}``.
+    What a client sends, and what it gets:
+
+    * ``echo`` with any payload: the sender gets ``echo`` with the same payload.
+    * ``broadcast`` with any payload: every client, the sender included, gets
+      ``broadcast`` with the same payload; then the sender gets
+      ``{"type": "broadcastResult", "payload": <the same>, "listenerCount": N}``
+      (``listenerCount`` sits beside the payload, as websocket-shootout has it).
+    * ``subscribe`` with ``{"topic": T}``: the sender gets ``subscribed``
+      ``{"topic": T}``. Subscribing twice is harmless.
+    * ``unsubscribe`` with ``{"topic": T}``: the sender gets ``unsubscribed``
+      ``{"topic": T}``, whether it was subscribed or not.
+    * ``publish`` with ``{"topic": T, "data": X}`` (``data`` defaults to
+      ``null``): each subscriber of T, the sender too if subscribed, gets
+      ``message`` ``{"topic": T, "data": X}``; then the sender gets
+      ``publishResult`` ``{"topic": T, "listenerCount": N}``.
+
+    A topic is a non-empty string of at most :data:`MAX_TOPIC_LENGTH`
+    characters, and one client may hold at most :data:`MAX_TOPICS_PER_CLIENT`
+    subscriptions, so that the memory one client can make the hub hold stays
+    bounded.
+
+    Error handling:
+        A message it cannot act on is answered, to the sender alone, with
+        ``{"type": "error", "payload": {"code": C, "detail": "<text>"}}``, and
+        the connection stays open. ``C`` is ``unknown_type`` (no such message
+        type), ``invalid_payload`` (the payload does not have the shape the
+        type needs: not an object, a missing, empty, non-string or too long
+        topic, or an unknown field) or ``limit_exceeded`` (one ``subscribe``
+        too many). The hub itself answers frames that are not JSON
+        (``invalid_json``) or not an envelope (``invalid_envelope``) before any
+        handler sees them.
+
+    It never waits: each reply, broadcast and publication is queued at once,
+    so a slow client only ever slows itself.
+
+    Args:
+        client: The client that sent ``message``.
+        message: The decoded message.
+    """
+    action = _ACTIONS.get(message.type)
+    if action is None:
+        _reply_error(
+            client,
+            "unknown_type",
+            f"unknown message type {message.type!r}; expected one of {_KNOWN_TYPES}",
+        )
+        return
+    try:
+        action(client, message.payload)
+    except _ProtocolError as exc:
+        _reply_error(client, exc.code, exc.detail)
+    except HubClosedError:
+        # Only reachable when a caller's own handler awaited something before
+        # calling us and the hub began shutting down meanwhile: the client is
+        # about to be closed with 1001, and there is nobody left to answer.
+        return
+
+
+def _reply_error(client: Client, code: str, detail: str) -> None:
+    logger.debug("client #%d: %s: %s", client.id, code, detail)
+    try:
+        client.send(Message("error", {"code": code, "detail": detail}))
+    except HubClosedError:
+        return
+
+
+def _echo(client: Client, payload: JSONValue) -> None:
+    # Payloads come out of the JSON decoder: no need to validate them again.
+    client.send(Message._trusted("echo", payload, None))
+
+
+def _broadcast(client: Client, payload: JSONValue) -> None:
+    count = client.hub.broadcast(Message._trusted("broadcast", payload, None))
+    # websocket-shootout puts listenerCount beside the payload, which the strict
+    # envelope cannot hold: encode the frame ourselves and hand over the bytes.
+    data = _codec.encode({"type": "broadcastResult", "payload": payload, "listenerCount": count})
+    client.send(Message._trusted("broadcastResult", payload, data))
+
+
+def _subscribe(client: Client, payload: JSONValue) -> None:
+    topic = _topic_of("subscribe", payload, _TOPIC_ONLY)
+    topics = client.topics
+    if topic not in topics and len(topics) >= MAX_TOPICS_PER_CLIENT:
+        raise _ProtocolError(
+            "limit_exceeded",
+            f"a client may be subscribed to at most {MAX_TOPICS_PER_CLIENT} topics; "
+            "unsubscribe from one first",
+        )
+    client.subscribe(topic)
+    client.send(Message._trusted("subscribed", {"topic": topic}, None))
+
+
+def _unsubscribe(client: Client, payload: JSONValue) -> None:
+    topic = _topic_of("unsubscribe", payload, _TOPIC_ONLY)
+    client.unsubscribe(topic)
+    client.send(Message._trusted("unsubscribed", {"topic": topic}, None))
+
+
+def _publish(client: Client, payload: JSONValue) -> None:
+    topic = _topic_of("publish", payload, _TOPIC_AND_DATA)
+    assert isinstance(payload, Mapping)  # _topic_of checked it
+    published = Message._trusted("message", {"topic": topic, "data": payload.get("data")}, None)
+    count = client.hub.publish(topic, published)
+    client.send(Message._trusted("publishResult", {"topic": topic, "listenerCount": count}, None))
+
+
+def _topic_of(message_type: str, payload: JSONValue, fields: tuple[str, ...]) -> str:
+    """Return the payload's topic, or raise ``invalid_payload`` saying what is wrong."""
+    if not isinstance(payload, Mapping):
+        expected = " and ".join(repr(field) for field in fields)
+        raise _ProtocolError(
+            "invalid_payload",
+            f"a {message_type!r} payload must be an object with {expected}, "
+            f"got {_json_kind(payload)}",
+        )
+    # Strict, like the envelope: a misspelt field is reported, not ignored.
+    extra = payload.keys() - set(fields)
+    if extra:
+        allowed = " and ".join(repr(field) for field in fields)
+        raise _ProtocolError(
+            "invalid_payload",
+            f"unknown field(s) {sorted(extra)!r} in a {message_type!r} payload; "
+            f"only {allowed} allowed",
+        )
+    if "topic" not in payload:
+        raise _ProtocolError("invalid_payload", f"a {message_type!r} payload needs a 'topic'")
+    topic = payload["topic"]
+    if not isinstance(topic, str):
+        raise _ProtocolError(
+            "invalid_payload", f"'topic' must be a string, got {_json_kind(topic)}"
+        )
+    if not topic:
+        raise _ProtocolError("invalid_payload", "'topic' must not be empty")
+    if len(topic) > MAX_TOPIC_LENGTH:
+        raise _ProtocolError(
+            "invalid_payload",
+            f"'topic' is {len(topic)} characters long; at most {MAX_TOPIC_LENGTH} are allowed",
+        )
+    return topic
+
+
+_Action: TypeAlias = "Callable[[Client, JSONValue], None]"
+
+_ACTIONS: Final[Mapping[str, _Action]] = {
+    "echo": _echo,
+    "broadcast": _broadcast,
+    "subscribe": _subscribe,
+    "unsubscribe": _unsubscribe,
+    "publish": _publish,
+}
+_KNOWN_TYPES: Final = ", ".join(repr(name) for name in _ACTIONS)
+_TOPIC_ONLY: Final = ("topic",)
+_TOPIC_AND_DATA: Final = ("topic", "data")
