@@ -112,7 +112,9 @@ class Client(metaclass=NoPublicConstructor):
         self._aborted = False
         self._close_code: int | None = None
         self._close_reason = ""
-        self._scope = trio.CancelScope()
+        # Shielded, so that the hub, not an enclosing cancel scope, decides
+        # when a client ends; _end() cancels it.
+        self._scope = trio.CancelScope(shield=True)
         self._reader_scope = trio.CancelScope()
         self._finished = trio.Event()
         # The client's own nursery, once its task runs: the writer and pings go there.
@@ -328,21 +330,21 @@ class Client(metaclass=NoPublicConstructor):
         # that cancelling the scope around open_hub() still drains and closes
         # every client with 1001. Every wait inside is bounded by a timeout or
         # ended by the hub's own shutdown.
+        try:
+            with self._scope:  # shielded: only _end() cancels it
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    if self._queue and not self._writing:
+                        # Queued between registration and this task's start.
+                        self._writing = True
+                        nursery.start_soon(self._guard, self._write_loop)
+                    await self._guard(self._read_loop)
+        except Exception:
+            self._hub._errors += 1
+            logger.exception("client #%d failed; closing it with 1011", self._id)
+            self._end(CloseCode.INTERNAL_ERROR, "internal error")
+        self._nursery = None
         with trio.CancelScope(shield=True):
-            try:
-                with self._scope:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        if self._queue and not self._writing:
-                            # Queued between registration and this task's start.
-                            self._writing = True
-                            nursery.start_soon(self._guard, self._write_loop)
-                        await self._guard(self._read_loop)
-            except Exception:
-                self._hub._errors += 1
-                logger.exception("client #%d failed; closing it with 1011", self._id)
-                self._end(CloseCode.INTERNAL_ERROR, "internal error")
-            self._nursery = None
             await self._finish()
 
     async def _finish(self) -> None:

@@ -167,6 +167,22 @@ class Hub(metaclass=NoPublicConstructor):
             TypeError: if ``connection`` is neither a trio-websocket connection
                 nor a :class:`Transport`.
         """
+        client = self._add_client(
+            connection, topics=topics, identity=identity, on_message=on_message
+        )
+        self._nursery.start_soon(client._run, name=f"trio_hub client #{client.id}")
+        return client
+
+    def _add_client(
+        self,
+        connection: WebSocketConnection | Transport,
+        *,
+        topics: Iterable[str] = (),
+        identity: object = None,
+        on_message: MessageHandler | None = None,
+    ) -> Client:
+        # Register without starting the client's task: the caller runs
+        # client._run(), in the hub's nursery or (serve_hub) in its own task.
         if self._closing:
             raise HubClosedError("the hub is closed: it takes no new clients")
         transport: Transport
@@ -191,7 +207,6 @@ class Hub(metaclass=NoPublicConstructor):
         self._registrations += 1
         for topic in topic_list:
             self._add_subscriber(topic, client)
-        self._nursery.start_soon(client._run, name=f"trio_hub client #{client.id}")
         interval = self._config.ping_interval
         if interval is not None:
             self._ping_queue.append((trio.current_time() + interval, client))

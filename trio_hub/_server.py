@@ -270,7 +270,11 @@ async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream)
     server._handler_scopes.add(scope)
     try:
         with scope:
-            await _serve_connection(policy, server, stream)
+            # Two steps, so that nothing of the handshake stays alive in this
+            # task's frames while the client is connected.
+            admitted = await _handshake(policy, server, stream)
+            if admitted is not None:
+                await _upgrade_and_serve(policy, stream, *admitted)
     except Exception:
         logger.exception("error while serving a connection")
     finally:
@@ -278,31 +282,34 @@ async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream)
         server._connections -= 1
 
 
-async def _serve_connection(policy: _Policy, server: HubServer, stream: trio.SocketStream) -> None:
+async def _handshake(
+    policy: _Policy, server: HubServer, stream: trio.SocketStream
+) -> tuple[bytes, object, float, tuple[str, int] | None] | None:
+    """Apply the handshake policy; return what the upgrade needs, if admitted."""
     remote = _remote(stream)
     deadline = trio.current_time() + policy.handshake_timeout
     with trio.move_on_at(deadline) as head_scope:
         raw = await _read_head(stream)
     if head_scope.cancelled_caught:
         logger.info("%s: no handshake within %ss; dropped", _show(remote), policy.handshake_timeout)
-        return
+        return None
     if raw is None:
-        return  # the peer closed before sending anything
+        return None  # the peer closed before sending anything
     try:
         head_bytes, _, _ = raw.partition(b"\r\n\r\n")
         head = _parse_head(head_bytes)
     except _BadRequest as exc:
         logger.info("%s: bad request: %s", _show(remote), exc)
         await _respond(stream, HTTPStatus.BAD_REQUEST, f"Bad request: {exc}\n")
-        return
+        return None
     if server._connections > policy.max_connections:
         logger.warning("%s: refused, connection limit reached", _show(remote))
         await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
-        return
+        return None
     headers = head.headers
     if "websocket" not in headers.get("upgrade", "").lower():
         await _serve_plain_http(policy, stream, head)
-        return
+        return None
     path, _, query = head.target.partition("?")
     request = HandshakeRequest(
         path=path,
@@ -315,10 +322,10 @@ async def _serve_connection(policy: _Policy, server: HubServer, stream: trio.Soc
         status, body = problem
         logger.info("%s: refused (%d): %s", _show(remote), status, body.strip())
         await _respond(stream, status, body)
-        return
+        return None
     if policy.hub.closed:
         await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
-        return
+        return None
     identity: object = None
     if policy.authenticate is not None:
         try:
@@ -327,16 +334,16 @@ async def _serve_connection(policy: _Policy, server: HubServer, stream: trio.Soc
         except HandshakeRejection as rejection:
             logger.info("%s: rejected (%d): %s", _show(remote), rejection.status, rejection.body)
             await _respond(stream, rejection.status, rejection.body + "\n")
-            return
+            return None
         except trio.TooSlowError:
             logger.warning("%s: authentication took too long; dropped", _show(remote))
             await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Authentication timed out\n")
-            return
+            return None
         except Exception:
             logger.exception("%s: the authenticate hook raised", _show(remote))
             await _respond(stream, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error\n")
-            return
-    await _upgrade_and_serve(policy, stream, raw, identity, deadline, remote)
+            return None
+    return raw, identity, deadline, remote
 
 
 async def _upgrade_and_serve(
@@ -347,8 +354,8 @@ async def _upgrade_and_serve(
     deadline: float,
     remote: tuple[str, int] | None,
 ) -> None:
-    hub_stream = HubStream(stream, replay=raw)
     async with trio.open_nursery() as nursery:
+        hub_stream = HubStream(stream, replay=raw, nursery=nursery)
         with trio.move_on_at(deadline) as accept_scope:
             request = await wrap_server_stream(
                 nursery, hub_stream, max_message_size=policy.max_message_size
@@ -359,17 +366,20 @@ async def _upgrade_and_serve(
             nursery.cancel_scope.cancel()
             return
         hub_stream.connection = connection
-        nursery.start_soon(hub_stream.flush_pending_forever)
         transport = FastWebSocketTransport(connection, hub_stream)
         try:
-            client = policy.hub.register(transport, identity=identity)
+            client = policy.hub._add_client(transport, identity=identity)
         except HubClosedError:
             with trio.move_on_after(_RESPONSE_TIMEOUT):
                 await connection.aclose(CloseCode.GOING_AWAY, "shutting down")
             nursery.cancel_scope.cancel()
             return
         logger.info("client #%d connected from %s", client.id, _show(remote))
-        await client.wait_closed()
+        # The client runs right here, in this connection's task, beside
+        # trio-websocket's reader: one task fewer per connection than
+        # register() + wait_closed(). It is registered with the hub all the
+        # same, and hub shutdown waits for it.
+        await client._run()
         logger.info(
             "client #%d disconnected: code %s %s",
             client.id,

@@ -64,6 +64,8 @@ class HubStream(trio.abc.Stream):
         replay: Bytes already read from ``inner`` (the HTTP request head), which
             :meth:`receive_some` returns first, so that trio-websocket sees the
             request as if it had read it itself.
+        nursery: Where to flush, in a short-lived task, what :meth:`write_nowait`
+            could not write at once.
     """
 
     __slots__ = (
@@ -73,21 +75,23 @@ class HubStream(trio.abc.Stream):
         "_fd",
         "_inner",
         "_lock",
+        "_nursery",
         "_pending",
-        "_pending_event",
         "_replay",
         "connection",
     )
 
-    def __init__(self, inner: trio.SocketStream, replay: bytes = b"") -> None:
+    def __init__(
+        self, inner: trio.SocketStream, replay: bytes = b"", nursery: trio.Nursery | None = None
+    ) -> None:
         self._inner = inner
+        self._nursery = nursery
         self._fd = inner.socket.fileno()
         self._replay = replay
         self._lock = trio.StrictFIFOLock()
         # Bytes that write_nowait() accepted but the socket did not take: they
         # go out before anything else.
         self._pending = b""
-        self._pending_event = trio.Event()
         self._closed = False
         # Set if a write was interrupted mid-frame: nothing may follow it.
         self._broken = False
@@ -125,7 +129,10 @@ class HubStream(trio.abc.Stream):
             return False
         if written < len(data):
             self._pending = data[written:]
-            self._pending_event.set()
+            if self._nursery is not None:
+                # A task only while there is a remainder to flush: an idle
+                # connection costs no task for this.
+                self._nursery.start_soon(self._flush_pending)
         return True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -159,17 +166,13 @@ class HubStream(trio.abc.Stream):
             self._broken = True
             raise
 
-    async def flush_pending_forever(self) -> None:
-        """Write what :meth:`write_nowait` left over whenever it does; run as a task."""
-        while True:
-            await self._pending_event.wait()
-            self._pending_event = trio.Event()
-            try:
-                async with self._lock:
-                    if self._pending:
-                        await self._send_locked(b"")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the reader will see the connection end
+    async def _flush_pending(self) -> None:
+        try:
+            async with self._lock:
+                if self._pending:
+                    await self._send_locked(b"")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the reader sees the connection end, and the client leaves
 
     async def wait_send_all_might_not_block(self) -> None:
         """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
