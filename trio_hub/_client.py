@@ -67,6 +67,7 @@ class Client(metaclass=NoPublicConstructor):
         "_draining",
         "_dropped",
         "_ending",
+        "_done",
         "_finished",
         "_hub",
         "_id",
@@ -116,7 +117,9 @@ class Client(metaclass=NoPublicConstructor):
         # when a client ends; _end() cancels it.
         self._scope = trio.CancelScope(shield=True)
         self._reader_scope = trio.CancelScope()
-        self._finished = trio.Event()
+        # Made when someone waits: most clients are never waited for.
+        self._finished: trio.Event | None = None
+        self._done = False
         # The client's own nursery, once its task runs: the writer and pings go there.
         self._nursery: trio.Nursery | None = None
         self._writing = False
@@ -210,10 +213,15 @@ class Client(metaclass=NoPublicConstructor):
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """:meth:`close`, then wait until the connection is closed and every task ended."""
         self._end(code, reason)
-        await self._finished.wait()
+        await self.wait_closed()
 
     async def wait_closed(self) -> None:
         """Wait until the client has left and all its tasks have ended."""
+        if self._done:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._finished is None:
+            self._finished = trio.Event()
         await self._finished.wait()
 
     def statistics(self) -> ClientStatistics:
@@ -371,7 +379,9 @@ class Client(metaclass=NoPublicConstructor):
                 await self._transport.abort()
         logger.debug("client #%d left (close code %s)", self._id, self._close_code)
         self._hub._client_finished(self)
-        self._finished.set()
+        self._done = True
+        if self._finished is not None:
+            self._finished.set()
 
     async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
         try:

@@ -244,7 +244,7 @@ class Hub(metaclass=NoPublicConstructor):
         try:
             await client.wait_closed()
         finally:
-            if not client._finished.is_set():
+            if not client._done:
                 client.close(CloseCode.GOING_AWAY, "server shutting down")
                 with trio.CancelScope(shield=True):
                     await client.wait_closed()
