@@ -9,7 +9,7 @@ import nox
 
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 
@@ -50,3 +50,10 @@ def bench(session: nox.Session) -> None:
     """Run the fan-out benchmarks; `nox -s bench -- --quick` is CI's smoke test."""
     install_groups(session, "bench", editable=False)
     session.run("python", "bench/run.py", *(session.posargs or ["--quick"]))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs; every warning is an error, and every reference must resolve."""
+    install_groups(session, "docs")
+    session.run("sphinx-build", "-W", "-n", "-b", "html", "docs", "docs/_build/html")

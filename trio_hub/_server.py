@@ -19,7 +19,7 @@ from trio_websocket import wrap_server_stream
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, HubError
 from ._hub import Hub
-from ._stream import FastWebSocketTransport, HubStream
+from ._stream import FastWebSocketTransport, HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
 
 __all__ = [
@@ -205,11 +205,20 @@ async def serve_hub(
         handshake_timeout=handshake_timeout,
         max_message_size=max_message_size,
         index_html=default_index_html() if index_html is None else index_html,
+        coalescer=WriteCoalescer(),
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = HubServer._create(hub, listeners)
+    # The coalescer outlives accepting: it must flush for clients being drained.
+    coalescer_scope = trio.CancelScope(shield=True)
+
+    async def run_coalescer() -> None:
+        with coalescer_scope:
+            await policy.coalescer.run()
+
     try:
         async with trio.open_nursery() as handler_nursery:
+            handler_nursery.start_soon(run_coalescer)
             try:
                 with server._accept_scope:
                     async with trio.open_nursery() as listen_nursery:
@@ -235,6 +244,7 @@ async def serve_hub(
                 # What is left is handshakes in progress: cut them short.
                 for scope in server._handler_scopes:
                     scope.cancel()
+                coalescer_scope.cancel()
     finally:
         server._stopped.set()
         logger.info("server stopped")
@@ -249,6 +259,7 @@ class _Policy:
     handshake_timeout: float
     max_message_size: int
     index_html: bytes
+    coalescer: WriteCoalescer
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +366,7 @@ async def _upgrade_and_serve(
     remote: tuple[str, int] | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        hub_stream = HubStream(stream, replay=raw, nursery=nursery)
+        hub_stream = HubStream(stream, replay=raw, nursery=nursery, coalescer=policy.coalescer)
         with trio.move_on_at(deadline) as accept_scope:
             request = await wrap_server_stream(
                 nursery, hub_stream, max_message_size=policy.max_message_size

@@ -24,10 +24,14 @@ from ._errors import TransportClosed
 from ._message import Message
 from ._transport import transport_closed
 
-__all__ = ["FastWebSocketTransport", "HubStream", "text_frame"]
+__all__ = ["FastWebSocketTransport", "HubStream", "WriteCoalescer", "text_frame"]
 
 _FIN_TEXT: Final = 0x81
 _FIN_CLOSE: Final = 0x88
+
+# Frames written from broadcast() wait for the end of the scheduler batch to be
+# joined into one send(), unless this many bytes pile up first.
+_MAX_COALESCED_BYTES: Final = 64 * 1024
 
 
 def text_frame(message: Message) -> bytes:
@@ -56,6 +60,39 @@ def _close_frame(code: int, reason: str) -> bytes:
 
 
 @final
+class WriteCoalescer:
+    """Joins the frames written to each connection in one scheduler batch into one send().
+
+    Broadcasts often come several at a time (a burst from one publisher, or
+    messages from several clients read in the same batch). A frame written
+    straight from ``broadcast()`` is appended to its connection's batch, and
+    this task, which runs once everything runnable now has run, sends each
+    batch with one non-blocking ``send()``: fewer system calls, never merged
+    messages. Run :meth:`run` as a task for as long as the connections live.
+    """
+
+    __slots__ = ("_dirty", "_wakeup")
+
+    def __init__(self) -> None:
+        self._dirty: list[HubStream] = []
+        self._wakeup = trio.Event()
+
+    def _mark(self, stream: HubStream) -> None:
+        if not self._dirty:
+            self._wakeup.set()
+        self._dirty.append(stream)
+
+    async def run(self) -> None:
+        """Flush the streams with batched frames, each time some are waiting."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            dirty, self._dirty = self._dirty, []
+            for stream in dirty:
+                stream._flush_batch_nowait()
+
+
+@final
 class HubStream(trio.abc.Stream):
     """A :class:`trio.SocketStream` wrapper that owns every write to the socket.
 
@@ -66,12 +103,18 @@ class HubStream(trio.abc.Stream):
             request as if it had read it itself.
         nursery: Where to flush, in a short-lived task, what :meth:`write_nowait`
             could not write at once.
+        coalescer: If given, frames from :meth:`write_nowait` are joined per
+            scheduler batch by this :class:`WriteCoalescer`; otherwise each is
+            written at once.
     """
 
     __slots__ = (
+        "_batch",
+        "_batch_bytes",
         "_broken",
         "_close_frame_sent",
         "_closed",
+        "_coalescer",
         "_fd",
         "_inner",
         "_lock",
@@ -82,10 +125,19 @@ class HubStream(trio.abc.Stream):
     )
 
     def __init__(
-        self, inner: trio.SocketStream, replay: bytes = b"", nursery: trio.Nursery | None = None
+        self,
+        inner: trio.SocketStream,
+        replay: bytes = b"",
+        nursery: trio.Nursery | None = None,
+        coalescer: WriteCoalescer | None = None,
     ) -> None:
         self._inner = inner
         self._nursery = nursery
+        self._coalescer = coalescer
+        # Frames taken by write_nowait() that wait for the coalescer; they go
+        # out before anything else, as one send().
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
         self._fd = inner.socket.fileno()
         self._replay = replay
         self._lock = trio.StrictFIFOLock()
@@ -112,28 +164,66 @@ class HubStream(trio.abc.Stream):
     # ----------------------------------------------------------- writing
 
     def write_nowait(self, data: bytes) -> bool:
-        """Write ``data`` now if nothing else is being written; never blocks.
+        """Take ``data`` for writing now if nothing else is being written; never blocks.
 
         Returns:
-            ``True`` if the stream took all of ``data`` (whatever the socket did
-            not accept is kept and written before anything else); ``False`` if
-            it took nothing.
+            ``True`` if the stream took all of ``data``: it is written, or kept
+            (coalesced, or what the socket did not accept) and certain to be
+            written before anything else. ``False`` if it took nothing.
         """
         if self._pending or self._closed or self._broken or self._lock.locked():
             return False
+        coalescer = self._coalescer
+        if coalescer is None:
+            return self._write_now(data, taken_if_blocked=False)
+        batch = self._batch
+        batch.append(data)
+        self._batch_bytes += len(data)
+        if len(batch) == 1:
+            coalescer._mark(self)
+        if self._batch_bytes >= _MAX_COALESCED_BYTES:
+            self._flush_batch_nowait()
+        return True
+
+    def _flush_batch_nowait(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        batch.clear()
+        self._batch_bytes = 0
+        if self._closed or self._broken:
+            return  # the connection is gone; its client is leaving
+        if self._pending or self._lock.locked():
+            # Not expected (a writer takes the batch first), but keep the order.
+            self._pending += data
+            self._start_flush()
+            return
+        self._write_now(data, taken_if_blocked=True)
+
+    def _write_now(self, data: bytes, *, taken_if_blocked: bool) -> bool:
         try:
             written = os.write(self._fd, data)
+        except BlockingIOError:
+            if not taken_if_blocked:
+                return False  # nothing taken: the queued path will wait
+            written = 0
         except OSError:
-            # Full (BlockingIOError) or broken: either way, the queued path
-            # will wait or report the error.
-            return False
+            # Broken: the reader sees the connection end and the client leaves.
+            # Data already taken is lost with the connection; data offered now
+            # is refused, so the queued path reports the error.
+            self._broken = True
+            return taken_if_blocked
         if written < len(data):
             self._pending = data[written:]
-            if self._nursery is not None:
-                # A task only while there is a remainder to flush: an idle
-                # connection costs no task for this.
-                self._nursery.start_soon(self._flush_pending)
+            self._start_flush()
         return True
+
+    def _start_flush(self) -> None:
+        if self._nursery is not None:
+            # A task only while there is a remainder to flush: an idle
+            # connection costs no task for this.
+            self._nursery.start_soon(self._flush_pending)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` after anything pending (used by trio-websocket)."""
@@ -157,6 +247,10 @@ class HubStream(trio.abc.Stream):
         if self._broken:
             raise trio.BrokenResourceError("an earlier write was interrupted mid-frame")
         try:
+            if self._batch:
+                self._pending += b"".join(self._batch)
+                self._batch.clear()
+                self._batch_bytes = 0
             if self._pending:
                 pending, self._pending = self._pending, b""
                 await self._inner.send_all(pending)
@@ -202,6 +296,7 @@ class HubStream(trio.abc.Stream):
             and not self._close_frame_sent
             and not self._broken
             and not self._pending
+            and not self._batch
             and not self._lock.locked()
             and connection.closed.code in (CloseCode.INVALID_PAYLOAD, 1002)
         ):
