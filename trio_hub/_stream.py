@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from ._closecodes import CloseCode
 from ._errors import TransportClosed
 from ._message import Message
-from ._transport import transport_closed
+from ._transport import WebSocketTransport, transport_closed
 
 __all__ = ["FastWebSocketTransport", "HubStream", "WriteCoalescer", "text_frame"]
 
@@ -307,31 +307,20 @@ class HubStream(trio.abc.Stream):
 
 
 @final
-class FastWebSocketTransport:
+class FastWebSocketTransport(WebSocketTransport):
     """A :class:`~trio_hub.Transport` for connections served by :func:`serve_hub`.
 
     trio-websocket handles the handshake, reading, pings and the close
-    handshake; message frames are built once per message and written through
-    the :class:`HubStream`, straight from ``broadcast()`` when the socket is idle.
+    handshake (inherited from :class:`~trio_hub.WebSocketTransport`); message
+    frames are built once per message and written through the
+    :class:`HubStream`, straight from ``broadcast()`` when the socket is idle.
     """
 
-    __slots__ = ("_connection", "_stream")
+    __slots__ = ("_stream",)
 
     def __init__(self, connection: WebSocketConnection, stream: HubStream) -> None:
-        self._connection = connection
+        super().__init__(connection)
         self._stream = stream
-
-    @property
-    def connection(self) -> WebSocketConnection:
-        """The trio-websocket connection."""
-        return self._connection
-
-    async def receive(self) -> str | bytes:
-        """See :meth:`trio_hub.Transport.receive`."""
-        try:
-            return await self._connection.get_message()
-        except ConnectionClosed as exc:
-            raise transport_closed(exc) from None
 
     async def send_batch(self, messages: Sequence[Message]) -> None:
         """See :meth:`trio_hub.Transport.send_batch`: one write for the batch."""
@@ -348,17 +337,6 @@ class FastWebSocketTransport:
         if self._connection.closed is not None:
             return False
         return self._stream.write_nowait(text_frame(message))
-
-    async def ping(self) -> None:
-        """See :meth:`trio_hub.Transport.ping`."""
-        try:
-            await self._connection.ping()
-        except ConnectionClosed as exc:
-            raise transport_closed(exc) from None
-
-    async def close(self, code: int, reason: str) -> None:
-        """See :meth:`trio_hub.Transport.close`."""
-        await self._connection.aclose(code, reason)
 
     async def abort(self) -> None:
         """See :meth:`trio_hub.Transport.abort`."""

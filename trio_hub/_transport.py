@@ -9,7 +9,7 @@ these six methods can be registered too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, final, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -67,13 +67,13 @@ class Transport(Protocol):
         ...
 
 
-@final
 class WebSocketTransport:
     """A :class:`Transport` over a trio-websocket connection.
 
     The hub wraps a :class:`~trio_websocket.WebSocketConnection` in this adapter
     when you register one directly. It has no non-blocking write path, so every
-    message goes through the client's queue and writer task.
+    message goes through the client's queue and writer task. (Connections
+    accepted by :func:`~trio_hub.serve_hub` use a subclass with the fast path.)
 
     Args:
         connection: An open (accepted) server-side connection.
