@@ -11,6 +11,13 @@ sender connection. The sender sends ``broadcast`` messages ``--batch-size`` at a
 received all of it and the sender has its ``broadcastResult`` for each, then sends the
 next one. The result is one JSON object on stdout.
 
+With ``--extra-port`` (repeatable) the receivers are spread round-robin over
+``--port`` and the extra ports, the sender staying on ``--port``: that is how
+``scaleout.py`` loads several hub nodes that share broadcasts through Redis. The
+``listenerCount`` of each ``broadcastResult`` must then be the sender's node's
+own clients only, and ``--other-pid`` (repeatable) adds the CPU that the other
+processes (nodes, Redis) spent in the window to the result.
+
 Why no WebSocket library: a Python WebSocket client per connection costs more CPU per
 received frame than the servers under test spend per delivery, so with thousands of
 clients the load generator, not the server, would set the pace. Here each receiver is
@@ -121,6 +128,8 @@ class LoadgenResult(TypedDict):
     event_loop: str
     loadgen_cpus: list[int]
     server_cpus: list[int]
+    ports: list[int]
+    other_cpu: list[CpuStats]
 
 
 class LoadgenError(Exception):
@@ -483,8 +492,10 @@ class Options:
 
     host: str
     port: int
+    extra_port: list[int]
     clients: int
     server_pid: int
+    other_pid: list[int]
     batch_size: int
     message_bytes: int
     warmup_batches: int
@@ -500,10 +511,12 @@ async def _open(
     options: Options,
     factory: type[_Connection],
     fanout: Fanout,
+    port: int | None = None,
 ) -> _Connection:
-    request, accept = _handshake_request(options.host, options.port)
+    port = options.port if port is None else port
+    request, accept = _handshake_request(options.host, port)
     _, protocol = await loop.create_connection(
-        lambda: factory(fanout, request, accept), options.host, options.port
+        lambda: factory(fanout, request, accept), options.host, port
     )
     await protocol.opened
     return protocol
@@ -523,7 +536,11 @@ async def run(options: Options) -> LoadgenResult:
     """
     loop = asyncio.get_running_loop()
     server = psutil.Process(options.server_pid)
+    others = [psutil.Process(pid) for pid in options.other_pid]
     me = psutil.Process()
+    ports = [options.port, *options.extra_port]
+    # Receiver i connects to ports[i % len(ports)]; the sender's node gets the rest.
+    local_receivers = len(range(0, options.clients, len(ports)))
     batches = options.warmup_batches + options.max_batches + 1  # +1: the solo probe
     total = batches * options.batch_size
     tokens = [b"s%09de" % index for index in range(total)]
@@ -575,12 +592,14 @@ async def run(options: Options) -> LoadgenResult:
         connect_started = time.perf_counter()
         gate = asyncio.Semaphore(options.connect_concurrency)
 
-        async def open_receiver() -> None:
+        async def open_receiver(port: int) -> None:
             async with gate:
-                receivers.append(await _open(loop, options, Receiver, fanout))
+                receivers.append(await _open(loop, options, Receiver, fanout, port))
 
         async with asyncio.timeout(options.timeout + options.clients / 50):
-            await asyncio.gather(*(open_receiver() for _ in range(options.clients)))
+            await asyncio.gather(
+                *(open_receiver(ports[index % len(ports)]) for index in range(options.clients))
+            )
         connect_s = time.perf_counter() - connect_started
         rss_idle = await _settled_rss(server)
         # Receivers joined after the probe: their frame k is message k + batch_size.
@@ -596,6 +615,7 @@ async def run(options: Options) -> LoadgenResult:
         first_measured = sent
         window_start = time.perf_counter()
         server_before, me_before = _times(server), _times(me)
+        others_before = [_times(other) for other in others]
         cores_before = _core_times()
         done = 0
         while done < options.max_batches:
@@ -608,6 +628,7 @@ async def run(options: Options) -> LoadgenResult:
                 break
         window_s = time.perf_counter() - window_start
         server_after, me_after = _times(server), _times(me)
+        others_after = [_times(other) for other in others]
         cores_after = _core_times()
         rss_after = server.memory_info().rss
     finally:
@@ -618,11 +639,13 @@ async def run(options: Options) -> LoadgenResult:
         raise LoadgenError(f"{fanout.errors} protocol errors, first: {fanout.first_error}")
     messages = sent - first_measured
     listeners = options.clients + 1
-    # The solo probe saw 1 listener; every later broadcast must count all of them.
-    if sender.listener_counts != {1, listeners}:
+    # The solo probe saw 1 listener; every later broadcast must count all of the
+    # sender's node's clients (a node counts its own clients only).
+    local_listeners = local_receivers + 1
+    if sender.listener_counts != {1, local_listeners}:
         raise LoadgenError(
             f"broadcastResult listenerCount was {sorted(sender.listener_counts)}, "
-            f"expected 1 (probe) then {listeners}"
+            f"expected 1 (probe) then {local_listeners}"
         )
     deliveries = messages * listeners
     latencies = sorted(
@@ -667,6 +690,11 @@ async def run(options: Options) -> LoadgenResult:
         "event_loop": type(loop).__module__.split(".")[0],
         "loadgen_cpus": sorted(os.sched_getaffinity(0)),
         "server_cpus": sorted(os.sched_getaffinity(options.server_pid)),
+        "ports": ports,
+        "other_cpu": [
+            _cpu(before, after, window_s)
+            for before, after in zip(others_before, others_after, strict=True)
+        ],
     }
 
 
@@ -680,9 +708,23 @@ def raise_open_files_limit() -> None:
 def _parse(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="the sender's server")
+    parser.add_argument(
+        "--extra-port",
+        type=int,
+        action="append",
+        default=[],
+        help="another server (repeatable); receivers are spread round-robin over all",
+    )
     parser.add_argument("--clients", type=int, required=True, help="receiver connections")
     parser.add_argument("--server-pid", type=int, required=True, help="for CPU and RSS")
+    parser.add_argument(
+        "--other-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="another process whose CPU to report (repeatable)",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="broadcasts in flight")
     parser.add_argument("--message-bytes", type=int, default=250, help="sent JSON size")
     parser.add_argument("--warmup-batches", type=int, default=5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import re
 import signal
 import subprocess
@@ -21,6 +22,8 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from trio_hub import Message
+
+from .redis_server import RedisServer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 EXAMPLES = DOCS / "examples"
@@ -36,6 +39,7 @@ SERVERS = {"chat_server.py"}
 TESTED_ELSEWHERE = {
     "chat_app.py": "tests/test_plugin.py",
     "test_chat_app.py": "tests/test_plugin.py",
+    "redis_node.py": "tests/test_cli_redis.py",
 }
 
 EXAMPLE_TIMEOUT = 60
@@ -95,6 +99,67 @@ def test_the_tests_that_the_design_page_names_exist() -> None:
     for path, name in sorted(cited):
         source = (DOCS.parent / path).read_text()
         assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), f"{path}::{name}"
+
+
+# ------------------------------------------------------------ the CLI page
+
+
+def help_defaults() -> dict[str, str]:
+    """Each option of ``python -m trio_hub serve --help``, and the default its help gives."""
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_hub", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=EXAMPLE_TIMEOUT,
+        check=True,
+    )
+    # An option's entry starts on a line of its own ("  --port PORT  ...") and
+    # goes on over more deeply indented lines; anything else ends it.
+    entries: dict[str, str] = {}
+    option = None
+    for line in result.stdout.splitlines():
+        if match := re.match(r"  (--[a-z-]+)", line):
+            option = match[1]
+            entries[option] = line
+        elif option is not None and line.startswith(" " * 4):
+            entries[option] += " " + line
+        else:
+            option = None
+    defaults = {}
+    for option, entry in entries.items():
+        match = re.search(r"\(default: (.*)\)$", " ".join(entry.split()))
+        assert match is not None, f"--help gives no default for {option}: {entry!r}"
+        defaults[option] = match[1]
+    return defaults
+
+
+def cli_page_options() -> dict[str, str]:
+    """Each row of the options table on docs/cli.rst, by option, whitespace collapsed."""
+    text = (DOCS / "cli.rst").read_text()
+    rows = re.findall(r"^   \* - ``(--[a-z-]+)[^`]*``\n(.*?)(?=^   \* - |^\S)", text, re.M | re.S)
+    return {option: " ".join(row.split()) for option, row in rows}
+
+
+def test_the_cli_page_gives_every_option_and_its_default() -> None:
+    defaults = help_defaults()
+    assert len(defaults) >= 14  # the parsing found the options
+    documented = cli_page_options()
+    assert sorted(documented) == sorted(defaults), "docs/cli.rst's options differ from --help"
+    for option, default in defaults.items():
+        # The row's first cell after the option is its default.
+        assert documented[option].startswith(f"- {default} - "), (option, default)
+
+
+def test_the_cli_page_shows_real_log_lines() -> None:
+    from .test_cli import LOG_LINE
+
+    text = (DOCS / "cli.rst").read_text()
+    sample = text.split("one line per event::\n\n", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip() for line in sample.splitlines()]
+    assert len(lines) >= 5
+    for line in lines:
+        assert LOG_LINE.match(line), line
+    assert any("listening on ws://" in line for line in lines)
 
 
 # ------------------------------------------------------------------- examples
@@ -191,18 +256,28 @@ async def test_the_tutorial_server_serves_until_sigterm_then_stops_cleanly() -> 
 # ------------------------------------------------------------------- doctests
 
 
+# The Redis backend's module example needs a Redis server: the test below runs
+# it against a fresh one, in place of the address that the example shows.
+REDIS_EXAMPLE = "trio_hub.backends.redis"
+REDIS_EXAMPLE_URL = "redis://127.0.0.1:6379/0"
+
+
 def docstring_doctests() -> list[doctest.DocTest]:
+    """The examples in the docstrings of the public modules and of their public names."""
     finder = doctest.DocTestFinder()
+    module_finder = doctest.DocTestFinder(recurse=False)
     tests: list[doctest.DocTest] = []
     for module_name in PUBLIC_MODULES:
         module = importlib.import_module(module_name)
+        tests.extend(module_finder.find(module, module_name))
         for name in module.__all__:
             obj = getattr(module, name)
-            if isinstance(obj, str):  # a type alias: no docstring of its own here
+            # Constants and type aliases have no docstring of their own (an int
+            # would bring int's own examples).
+            if not (inspect.isclass(obj) or inspect.isroutine(obj)):
                 continue
-            found = finder.find(obj, f"{module_name}.{name}")
-            tests.extend(test for test in found if test.examples)
-    return tests
+            tests.extend(finder.find(obj, f"{module_name}.{name}"))
+    return [test for test in tests if test.examples]
 
 
 def page_doctests() -> list[doctest.DocTest]:
@@ -220,11 +295,34 @@ def test_the_docstrings_and_pages_have_examples_to_run() -> None:
     assert len(page_doctests()) >= 1
 
 
-@pytest.mark.parametrize("test", docstring_doctests() + page_doctests(), ids=lambda test: test.name)
-def test_doctests_pass(test: doctest.DocTest) -> None:
+def run_doctest(test: doctest.DocTest) -> None:
     # IGNORE_EXCEPTION_DETAIL also ignores the module of an exception, so a
     # page can say trio_hub.MessageEncodeError, the public name.
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.IGNORE_EXCEPTION_DETAIL)
     output: list[str] = []
     result = runner.run(test, out=output.append)
     assert result.failed == 0, "".join(output)
+
+
+@pytest.mark.parametrize(
+    "test",
+    [test for test in docstring_doctests() if test.name != REDIS_EXAMPLE] + page_doctests(),
+    ids=lambda test: test.name,
+)
+def test_doctests_pass(test: doctest.DocTest) -> None:
+    run_doctest(test)
+
+
+def test_the_redis_backend_example_runs_against_a_real_redis() -> None:
+    (test,) = [test for test in docstring_doctests() if test.name == REDIS_EXAMPLE]
+    server = RedisServer()
+    server.start()
+    try:
+        replaced = 0
+        for example in test.examples:
+            replaced += example.source.count(REDIS_EXAMPLE_URL)
+            example.source = example.source.replace(REDIS_EXAMPLE_URL, server.url)
+        assert replaced == 1, f"the example should connect to {REDIS_EXAMPLE_URL}"
+        run_doctest(test)
+    finally:
+        server.kill()

@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 import trio
 
@@ -26,6 +27,7 @@ from ._hub import open_hub
 from ._policy import SlowClientPolicy
 from ._protocol import protocol_handler
 from ._server import Authenticator, HandshakeRejection, HandshakeRequest, HubServer, serve_hub
+from .backends import BackendUnavailableError
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -36,6 +38,9 @@ logger: Final = logging.getLogger("trio_hub.cli")
 
 AUTH_TOKEN_ENV: Final = "TRIO_HUB_AUTH_TOKEN"
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+# The same defaults as RedisBackend's, spelled out here for --help.
+REDIS_PREFIX: Final = "trio_hub"
+REDIS_START_TIMEOUT: Final = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,10 +183,44 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
 
-    # Where messages are shared with other hub processes. Only the in-process
-    # default exists here; a backend option (such as --redis URL) is added to
-    # this group and turned into a Backend in _backend().
-    serve.add_argument_group("backend", "default: in-process only (one node)")
+    # Where messages are shared with other hub processes; _backend() turns
+    # these options into a Backend.
+    backend = serve.add_argument_group(
+        "backend",
+        "By default every message stays in this process (one node). With --redis, "
+        "several hub processes behind a load balancer share one Redis: a broadcast "
+        "or publish on any of them reaches the clients of all of them. "
+        "listenerCount in broadcastResult and publishResult then counts this "
+        "process's clients only.",
+    )
+    backend.add_argument(
+        "--redis",
+        type=_redis_url,
+        default=None,
+        metavar="URL",
+        help=(
+            "share broadcasts and publications with the other hub processes that use "
+            "this Redis, redis://[[user]:password@]host[:port][/db] (also rediss:// "
+            "and unix://); needs the redis extra: pip install 'trio_hub[redis]' "
+            "(default: none: this process only)"
+        ),
+    )
+    backend.add_argument(
+        "--redis-prefix",
+        default=REDIS_PREFIX,
+        metavar="PREFIX",
+        help=(
+            "start of every Redis channel name (PREFIX:broadcast, PREFIX:topic:TOPIC); "
+            "processes with the same prefix share their messages"
+        ),
+    )
+    backend.add_argument(
+        "--redis-start-timeout",
+        type=_positive_float,
+        default=REDIS_START_TIMEOUT,
+        metavar="SECONDS",
+        help="seconds to keep trying to reach Redis at start before exiting with status 1",
+    )
 
     output = serve.add_argument_group("output")
     output.add_argument(
@@ -203,6 +242,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default == []:
             return action.help
         return super()._get_help_string(action)
+
+
+def _redis_url(text: str) -> str:
+    # Checked here, so that a typo gets argparse's usage error, not a start failure.
+    if urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError(
+            f"a Redis URL starts with redis://, rediss:// or unix://, not {text!r}"
+        )
+    return text
 
 
 def _port(text: str) -> int:
@@ -317,53 +365,91 @@ def _token_authenticator(token: str) -> Authenticator:
 
 
 def _backend(options: argparse.Namespace) -> Backend | None:
-    """The backend that the options ask for; ``None`` is the in-process default."""
-    return None
+    """The backend that the options ask for; ``None`` is the in-process default.
+
+    Raises:
+        _StartError: if the options ask for a backend that cannot be made here.
+    """
+    if options.redis is None:
+        return None
+    try:
+        # Imported only when asked for: coredis is an optional extra.
+        from .backends.redis import RedisBackend
+    except ImportError as exc:
+        raise _StartError(str(exc)) from None
+    try:
+        return RedisBackend(
+            options.redis,
+            prefix=options.redis_prefix,
+            start_timeout=options.redis_start_timeout,
+        )
+    except ValueError as exc:
+        raise _StartError(f"--redis: {exc}") from None
+
+
+class _StartError(Exception):
+    """The server cannot start; the message is the one line that says why."""
 
 
 async def _serve(options: argparse.Namespace) -> int:
+    try:
+        backend = _backend(options)
+    except _StartError as exc:
+        logger.error("cannot start: %s", exc)  # noqa: TRY400  one line, no traceback
+        return 1
     # Installed before anything listens, so that a signal at any moment from
     # here on gets the graceful shutdown, never a KeyboardInterrupt traceback.
+    # (While the backend connects at start, a signal waits until it has
+    # connected or given up, within --redis-start-timeout.)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_hub(
-            queue_size=options.queue_size,
-            on_slow_client=SlowClientPolicy(options.slow_client_policy),
-            ping_interval=options.ping_interval or None,
-            pong_timeout=options.pong_timeout,
-            write_timeout=options.write_timeout,
-            drain_timeout=options.drain_timeout,
-            on_message=protocol_handler,
-            backend=_backend(options),
-        ) as hub:
-            authenticate = _token_authenticator(options.auth_token) if options.auth_token else None
-            async with trio.open_nursery() as nursery:
-                try:
-                    server: HubServer = await nursery.start(
-                        partial(
-                            serve_hub,
-                            hub,
-                            options.host,
-                            options.port,
-                            authenticate=authenticate,
-                            allowed_origins=options.allowed_origins,
-                            max_connections=options.max_connections,
-                            handshake_timeout=options.handshake_timeout,
-                            max_message_size=options.max_message_size,
+        try:
+            async with open_hub(
+                queue_size=options.queue_size,
+                on_slow_client=SlowClientPolicy(options.slow_client_policy),
+                ping_interval=options.ping_interval or None,
+                pong_timeout=options.pong_timeout,
+                write_timeout=options.write_timeout,
+                drain_timeout=options.drain_timeout,
+                on_message=protocol_handler,
+                backend=backend,
+            ) as hub:
+                if backend is not None:
+                    logger.info("sharing messages with other nodes through %r", backend)
+                authenticate = (
+                    _token_authenticator(options.auth_token) if options.auth_token else None
+                )
+                async with trio.open_nursery() as nursery:
+                    try:
+                        server: HubServer = await nursery.start(
+                            partial(
+                                serve_hub,
+                                hub,
+                                options.host,
+                                options.port,
+                                authenticate=authenticate,
+                                allowed_origins=options.allowed_origins,
+                                max_connections=options.max_connections,
+                                handshake_timeout=options.handshake_timeout,
+                                max_message_size=options.max_message_size,
+                            )
                         )
-                    )
-                except OSError as exc:
-                    logger.error(  # noqa: TRY400  the cause is all a user needs here
-                        "cannot listen on %s:%s: %s", options.host, options.port, exc
-                    )
-                    return 1
-                if not logging.getLogger("trio_hub").isEnabledFor(logging.INFO):
-                    # serve_hub logs this line at INFO; scripts that start the
-                    # server parse it for the port, so it is there at any level.
-                    print(f"listening on {server.url}", file=sys.stderr, flush=True)
-                async for signum in signals:
-                    logger.info("%s received: shutting down", signal.Signals(signum).name)
-                    break
-                await server.aclose()
+                    except OSError as exc:
+                        logger.error(  # noqa: TRY400  the cause is all a user needs here
+                            "cannot listen on %s:%s: %s", options.host, options.port, exc
+                        )
+                        return 1
+                    if not logging.getLogger("trio_hub").isEnabledFor(logging.INFO):
+                        # serve_hub logs this line at INFO; scripts that start the
+                        # server parse it for the port, so it is there at any level.
+                        print(f"listening on {server.url}", file=sys.stderr, flush=True)
+                    async for signum in signals:
+                        logger.info("%s received: shutting down", signal.Signals(signum).name)
+                        break
+                    await server.aclose()
+        except BackendUnavailableError as exc:
+            # Only open_hub() raises it, at start, before anything listens.
+            logger.error("cannot start: %s", exc)  # noqa: TRY400  one line, no traceback
+            return 1
     logger.info("shut down cleanly")
     return 0
 

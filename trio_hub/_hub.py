@@ -77,6 +77,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_messages_received",
         "_messages_sent",
         "_nursery",
+        "_ping_departed",
         "_ping_queue",
         "_ping_wakeup",
         "_registrations",
@@ -94,6 +95,8 @@ class Hub(metaclass=NoPublicConstructor):
         # interval and joins at the back, so this stays sorted: one task pings
         # everyone, and an idle client costs no task of its own.
         self._ping_queue: deque[tuple[float, Client]] = deque()
+        # Entries in _ping_queue for clients that have left (see _forget_pings).
+        self._ping_departed = 0
         self._ping_wakeup = trio.Event()
         # dicts, not sets: iteration follows registration order, which keeps
         # runs reproducible.
@@ -254,6 +257,24 @@ class Hub(metaclass=NoPublicConstructor):
         self._clients.pop(client, None)
         for topic in list(client._topics):
             self._remove_subscriber(topic, client)
+        if self._config.ping_interval is not None:
+            self._forget_pings()
+
+    def _forget_pings(self) -> None:
+        # A client that left keeps its place in the ping queue until its ping
+        # is due, and with it its transport and buffers: under churn, that is
+        # every client of the last ping_interval seconds. Compact the queue
+        # once departed clients are the majority; each compaction removes at
+        # least half of it, so the cost per client stays constant, and the
+        # queue never holds more than twice the clients still registered.
+        self._ping_departed += 1
+        queue = self._ping_queue
+        if self._ping_departed * 2 > len(queue):
+            # In place: the keepalive task holds a reference to this deque.
+            live = [entry for entry in queue if not entry[1]._ending]
+            queue.clear()
+            queue.extend(live)
+            self._ping_departed = 0
 
     def _add_subscriber(self, topic: str, client: Client) -> None:
         subscribers = self._topics.get(topic)
@@ -471,6 +492,7 @@ class Hub(metaclass=NoPublicConstructor):
                     continue
                 queue.popleft()
                 if client._ending:
+                    self._ping_departed -= 1
                     continue
                 if not client._pinging and client._nursery is not None:
                     client._nursery.start_soon(client._ping)

@@ -43,11 +43,43 @@ async def protocol_handler(client: Client, message: Message) -> None:
     """Answer one inbound message as the wire protocol says; an ``on_message`` handler.
 
     ``python -m trio_hub serve`` runs this handler. Pass it to
-    :func:`~trio_hub.open_hub` to serve the same protocol from your own program,
-    or call it from your own handler for the types that you do not handle::
+    :func:`~trio_hub.open_hub` to serve the same protocol from your own program::
 
-        async with open_hub(on_message=protocol_handler) as hub:
-            await serve_hub(hub, "127.0.0.1", 8000)
+        >>> import trio
+        >>> from trio_websocket import open_websocket_url
+        >>> from trio_hub import open_hub, protocol_handler, serve_hub
+        >>> async def main() -> None:
+        ...     async with (
+        ...         open_hub(on_message=protocol_handler) as hub,
+        ...         trio.open_nursery() as nursery,
+        ...     ):
+        ...         server = await nursery.start(serve_hub, hub, "127.0.0.1", 0)
+        ...         async with open_websocket_url(server.url) as connection:
+        ...             await connection.send_message('{"type": "echo", "payload": "hi"}')
+        ...             print(await connection.get_message())
+        ...         await server.aclose()
+        >>> trio.run(main)
+        {"type":"echo","payload":"hi"}
+
+    Or call it from your own handler, for the types that you do not handle::
+
+        >>> from trio_hub import Client, Message
+        >>> from trio_hub.testing import open_test_hub
+        >>> async def on_message(client: Client, message: Message) -> None:
+        ...     if message.type == "whoami":
+        ...         client.send(Message("you are", str(client.identity)))
+        ...     else:
+        ...         await protocol_handler(client, message)
+        >>> async def main() -> None:
+        ...     async with open_test_hub(on_message=on_message) as test_hub:
+        ...         browser = test_hub.connect(identity="alice")
+        ...         await browser.send(Message("whoami"))
+        ...         await browser.send(Message("echo", "hi"))
+        ...         print(await browser.receive())
+        ...         print(await browser.receive())
+        >>> trio.run(main)
+        Message('you are', 'alice')
+        Message('echo', 'hi')
 
     Every frame is a JSON text frame holding ``{"type": ..., "payload": ...}``.
     What a client sends, and what it gets:

@@ -14,7 +14,7 @@ from typing import Final, final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
-from trio_websocket import wrap_server_stream
+from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, HubError
@@ -300,7 +300,12 @@ async def _handshake(
     remote = _remote(stream)
     deadline = trio.current_time() + policy.handshake_timeout
     with trio.move_on_at(deadline) as head_scope:
-        raw = await _read_head(stream)
+        try:
+            raw = await _read_head(stream)
+        except trio.BrokenResourceError:
+            # The peer reset the connection: its business, not a server error.
+            logger.info("%s: connection lost during the handshake", _show(remote))
+            return None
     if head_scope.cancelled_caught:
         logger.info("%s: no handshake within %ss; dropped", _show(remote), policy.handshake_timeout)
         return None
@@ -368,10 +373,16 @@ async def _upgrade_and_serve(
     async with trio.open_nursery() as nursery:
         hub_stream = HubStream(stream, replay=raw, nursery=nursery, coalescer=policy.coalescer)
         with trio.move_on_at(deadline) as accept_scope:
-            request = await wrap_server_stream(
-                nursery, hub_stream, max_message_size=policy.max_message_size
-            )
-            connection = await request.accept()
+            try:
+                request = await wrap_server_stream(
+                    nursery, hub_stream, max_message_size=policy.max_message_size
+                )
+                connection = await request.accept()
+            except ConnectionClosed:
+                # The peer went away before our 101 response went out.
+                logger.info("%s: connection lost during the handshake", _show(remote))
+                nursery.cancel_scope.cancel()
+                return
         if accept_scope.cancelled_caught:
             logger.info("%s: handshake did not complete; dropped", _show(remote))
             nursery.cancel_scope.cancel()

@@ -283,7 +283,10 @@ class HubStream(trio.abc.Stream):
         trio-websocket drops the TCP connection without a close frame when the
         peer sent a frame that fails to parse (invalid UTF-8: 1007, protocol
         errors: 1002). The peer deserves the code, so send it here, without
-        blocking, if the socket can take it.
+        blocking, if the socket can take it: after the frames already taken
+        (a remainder, and frames that wait for the coalescer), so that it
+        never lands inside one. Only a write in progress, which owns the
+        stream, prevents it.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -295,14 +298,16 @@ class HubStream(trio.abc.Stream):
             and connection.closed is not None
             and not self._close_frame_sent
             and not self._broken
-            and not self._pending
-            and not self._batch
             and not self._lock.locked()
             and connection.closed.code in (CloseCode.INVALID_PAYLOAD, 1002)
         ):
             self._close_frame_sent = True
+            taken = self._pending + b"".join(self._batch)
+            self._pending = b""
+            self._batch.clear()
+            self._batch_bytes = 0
             with contextlib.suppress(OSError):
-                os.write(self._fd, _close_frame(connection.closed.code, "invalid frame"))
+                os.write(self._fd, taken + _close_frame(connection.closed.code, "invalid frame"))
         await self._inner.aclose()
 
 

@@ -86,9 +86,20 @@ class HubSettings(TypedDict, total=False):
 class HubClientFactory(Protocol):
     """The type of the ``hub_client`` fixture: :meth:`TestHub.connect` on ``hub``.
 
-    Annotate the fixture with it in your tests::
+    Annotate the fixture with it in your tests. Outside pytest,
+    :meth:`TestHub.connect` is one::
 
-        async def test_join(hub_client: HubClientFactory) -> None: ...
+        >>> import trio
+        >>> from trio_hub import Hub, Message
+        >>> from trio_hub.testing import HubClientFactory, open_test_hub
+        >>> async def test_join(hub: Hub, hub_client: HubClientFactory) -> None:
+        ...     alice = hub_client(topics=["lobby"])
+        ...     hub.publish("lobby", Message("joined", "alice"))
+        ...     await alice.expect("joined", "alice")
+        >>> async def main() -> None:  # what pytest-trio does with the fixtures
+        ...     async with open_test_hub() as test_hub:
+        ...         await test_join(test_hub.hub, test_hub.connect)
+        >>> trio.run(main)
     """
 
     def __call__(
@@ -438,11 +449,19 @@ class MemoryClient:
 
     Example::
 
-        async with open_test_hub() as test_hub:
-            alice = test_hub.connect(topics=["news"])
-            test_hub.hub.publish("news", Message("headline", "hello"))
-            await alice.expect("headline", "hello")
-            await alice.send(Message("bye"))
+        >>> import trio
+        >>> from trio_hub import Message
+        >>> from trio_hub.testing import open_test_hub
+        >>> async def main() -> None:
+        ...     async with open_test_hub() as test_hub:
+        ...         alice = test_hub.connect(topics=["news"])
+        ...         test_hub.hub.publish("news", Message("headline", "hello"))
+        ...         await alice.expect("headline", "hello")
+        ...         await alice.send(Message("bye"))
+        ...     # Leaving the block shut the hub down.
+        ...     print(alice.close_code, alice.close_reason)
+        >>> trio.run(main)
+        1001 hub shutting down
     """
 
     __slots__ = ("_link",)
@@ -724,10 +743,17 @@ def memory_connection(
 
     Example::
 
-        transport, client = memory_connection()
-        hub.register(transport, topics=["news"])
-        hub.publish("news", Message("headline", "hello"))
-        await client.expect("headline", "hello")
+        >>> import trio
+        >>> from trio_hub import Message, open_hub
+        >>> from trio_hub.testing import memory_connection
+        >>> async def main() -> None:
+        ...     async with open_hub() as hub:
+        ...         transport, client = memory_connection()
+        ...         hub.register(transport, topics=["news"])
+        ...         hub.publish("news", Message("headline", "hello"))
+        ...         print(await client.receive())
+        >>> trio.run(main)
+        Message('headline', 'hello')
     """
     for name, value in (("wire_capacity", wire_capacity), ("inbound_capacity", inbound_capacity)):
         if value != math.inf and (not isinstance(value, int) or value < 0):
@@ -813,13 +839,17 @@ async def open_test_hub(**settings: Unpack[HubSettings]) -> AsyncIterator[TestHu
     defaults) plus in-memory clients. Leaving the block shuts the hub down, so
     every connected client ends with 1001 after its queue is flushed.
 
-    Example::
+    Example (pytest-trio runs such a test for you; here :func:`trio.run` does)::
 
-        async def test_news_reaches_subscribers() -> None:
-            async with open_test_hub(queue_size=8) as test_hub:
-                reader = test_hub.connect(topics=["news"])
-                test_hub.hub.publish("news", Message("headline", "hello"))
-                await reader.expect("headline", "hello")
+        >>> import trio
+        >>> from trio_hub import Message
+        >>> from trio_hub.testing import open_test_hub
+        >>> async def test_news_reaches_subscribers() -> None:
+        ...     async with open_test_hub(queue_size=8) as test_hub:
+        ...         reader = test_hub.connect(topics=["news"])
+        ...         test_hub.hub.publish("news", Message("headline", "hello"))
+        ...         await reader.expect("headline", "hello")
+        >>> trio.run(test_news_reaches_subscribers)
 
     Args:
         **settings: Any keyword argument of :func:`~trio_hub.open_hub`.

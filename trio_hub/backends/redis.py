@@ -1,16 +1,26 @@
 """Share a hub's broadcasts and publications between processes over Redis pub/sub.
 
 Install the extra (``pip install 'trio_hub[redis]'``, which brings `coredis`_),
-then give each hub process the same Redis URL::
+then give each hub process the same Redis URL. Every
+:meth:`~trio_hub.Hub.broadcast` and :meth:`~trio_hub.Hub.publish` on any node
+then reaches the matching clients of every node. Here two hubs in one process
+stand for two nodes::
 
-    from trio_hub import open_hub
-    from trio_hub.backends.redis import RedisBackend
-
-    async with open_hub(backend=RedisBackend("redis://127.0.0.1:6379/0")) as hub:
-        ...
-
-Every :meth:`~trio_hub.Hub.broadcast` and :meth:`~trio_hub.Hub.publish` on any
-node then reaches the matching clients of every node.
+    >>> import trio
+    >>> from trio_hub import Message, open_hub
+    >>> from trio_hub.backends.redis import RedisBackend
+    >>> from trio_hub.testing import TestHub
+    >>> async def main() -> None:
+    ...     url = "redis://127.0.0.1:6379/0"
+    ...     async with (
+    ...         open_hub(backend=RedisBackend(url)) as node_a,
+    ...         open_hub(backend=RedisBackend(url)) as node_b,
+    ...     ):
+    ...         browser = TestHub(node_a).connect()  # a client of node A
+    ...         node_b.broadcast(Message("hello", "from node B"))
+    ...         print(await browser.receive())
+    >>> trio.run(main)
+    Message('hello', 'from node B')
 
 What is guaranteed:
 
