@@ -61,3 +61,10 @@ def docs(session: nox.Session) -> None:
     """Build the docs; every warning is an error, and every reference must resolve."""
     install_groups(session, "docs")
     session.run("sphinx-build", "-W", "-n", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Run tests/reliability: short mode; `-- --reliability-mode=long` for releases."""
+    install_groups(session, "test")
+    session.run("pytest", "tests/reliability", *session.posargs)

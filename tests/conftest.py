@@ -18,3 +18,8 @@ settings.register_profile(
     "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# The reliability suite (tests/reliability) runs for tens of seconds to minutes:
+# it has its own session, `nox -s reliability`, and stays out of a plain
+# `pytest`. Naming it, as in `pytest tests/reliability`, still runs it.
+collect_ignore = ["reliability"]

@@ -51,10 +51,15 @@ class RawWebSocket:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         )
-        await stream.send_all(request.encode())
-        head = await self.read_until(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise ConnectionError(f"handshake refused: {head[:80]!r}")
+        try:
+            await stream.send_all(request.encode())
+            head = await self.read_until(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(f"handshake refused: {head[:80]!r}")
+        except BaseException:
+            # Refused or cut off: the socket must not outlive the attempt.
+            await trio.aclose_forcefully(stream)
+            raise
         return self
 
     async def read_until(self, marker: bytes) -> bytes:

@@ -408,7 +408,11 @@ async def _upgrade_and_serve(
             client.close_code,
             client.close_reason,
         )
-        nursery.cancel_scope.cancel()
+        # Not cancel(): when the peer started the close, trio-websocket's
+        # reader may still be writing the reply (the client leaves as soon as
+        # the close is seen), and it ends by itself once the socket is closed.
+        # Bounded all the same; server shutdown cancels it at once.
+        nursery.cancel_scope.deadline = trio.current_time() + _RESPONSE_TIMEOUT
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:

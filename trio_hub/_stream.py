@@ -11,6 +11,7 @@ socket is idle, and fall back to the client's queue when it is not.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 from collections.abc import Sequence
@@ -32,6 +33,10 @@ _FIN_CLOSE: Final = 0x88
 # Frames written from broadcast() wait for the end of the scheduler batch to be
 # joined into one send(), unless this many bytes pile up first.
 _MAX_COALESCED_BYTES: Final = 64 * 1024
+
+# How long aclose() waits for a write in progress before the close frame that
+# trio-websocket skips (1007, 1002); see HubStream.aclose.
+_CLOSE_FRAME_WAIT: Final = 1.0
 
 
 def text_frame(message: Message) -> bytes:
@@ -246,19 +251,37 @@ class HubStream(trio.abc.Stream):
     async def _send_locked(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken:
             raise trio.BrokenResourceError("an earlier write was interrupted mid-frame")
+        if self._batch:
+            self._pending += b"".join(self._batch)
+            self._batch.clear()
+            self._batch_bytes = 0
+        pending = self._pending
+        if pending:
+            # What was taken goes first, in the same write.
+            self._pending = b""
+            data = pending + data
+        sent = 0
+        view = memoryview(data)
         try:
-            if self._batch:
-                self._pending += b"".join(self._batch)
-                self._batch.clear()
-                self._batch_bytes = 0
-            if self._pending:
-                pending, self._pending = self._pending, b""
-                await self._inner.send_all(pending)
-            await self._inner.send_all(data)
-        except BaseException:
-            # Cancelled or failed part-way: the stream may end inside a frame.
-            self._broken = True
+            while sent < len(view):
+                sent += await self._inner.socket.send(view[sent:])
+        except BaseException as exc:
+            if sent or isinstance(exc, OSError):
+                # Cut off part-way, or the socket failed: the stream may end
+                # inside a frame, so nothing may follow.
+                self._broken = True
+            else:
+                # Cancelled before the first byte (a ping cancelled as its
+                # client leaves): the stream is intact, and the close frame
+                # can still follow. What was taken stays first in line.
+                self._pending = pending
+            if isinstance(exc, OSError):
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    raise trio.ClosedResourceError("the socket was already closed") from None
+                raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
             raise
+        finally:
+            view.release()
 
     async def _flush_pending(self) -> None:
         try:
@@ -282,33 +305,39 @@ class HubStream(trio.abc.Stream):
 
         trio-websocket drops the TCP connection without a close frame when the
         peer sent a frame that fails to parse (invalid UTF-8: 1007, protocol
-        errors: 1002). The peer deserves the code, so send it here, without
-        blocking, if the socket can take it: after the frames already taken
-        (a remainder, and frames that wait for the coalescer), so that it
-        never lands inside one. Only a write in progress, which owns the
-        stream, prevents it.
+        errors: 1002). The peer deserves the code, so send it here, after the
+        frames already taken (a remainder, and frames that wait for the
+        coalescer), so that it never lands inside one. A write in progress
+        owns the stream: wait for it briefly (it usually ends at once), but
+        never block on a peer that does not read.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
         connection = self.connection
-        if (
-            connection is not None
-            and connection.closed is not None
-            and not self._close_frame_sent
-            and not self._broken
-            and not self._lock.locked()
-            and connection.closed.code in (CloseCode.INVALID_PAYLOAD, 1002)
-        ):
-            self._close_frame_sent = True
-            taken = self._pending + b"".join(self._batch)
-            self._pending = b""
-            self._batch.clear()
-            self._batch_bytes = 0
-            with contextlib.suppress(OSError):
-                os.write(self._fd, taken + _close_frame(connection.closed.code, "invalid frame"))
-        await self._inner.aclose()
+        try:
+            if (
+                connection is not None
+                and connection.closed is not None
+                and not self._close_frame_sent
+                and connection.closed.code in (CloseCode.INVALID_PAYLOAD, 1002)
+            ):
+                # Shielded: the connection's task is cancelled as soon as the
+                # client has left, which may be while this waits.
+                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_FRAME_WAIT):
+                    async with self._lock:
+                        if not self._broken and not self._close_frame_sent:
+                            self._close_frame_sent = True
+                            taken = self._pending + b"".join(self._batch)
+                            self._pending = b""
+                            self._batch.clear()
+                            self._batch_bytes = 0
+                            frame = _close_frame(connection.closed.code, "invalid frame")
+                            with contextlib.suppress(OSError):
+                                os.write(self._fd, taken + frame)
+        finally:
+            await self._inner.aclose()
 
 
 @final
