@@ -125,7 +125,11 @@ async def serve_request(
         answer = refusal.answer
     side.requests[(_endpoint(request.path), answer.status)] += 1
     if answer.status >= 400:
-        logger.info("%s %s: %d", method, request.path[:100], answer.status)
+        try:
+            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
+        except OSError:
+            peer = "unknown peer"
+        logger.info("%s: %s %s: %d", peer, method, request.path[:100], answer.status)
     await _send(stream, answer, head_only=method == "HEAD")
     if request.has_body and not request.body_read:
         await _linger(stream)

@@ -159,15 +159,16 @@ def _forbid(client: Client, action: str, topic: str | None) -> None:
     grant = client.identity
     if not isinstance(grant, Grant):
         return  # no permission hook attached: everything is allowed
+    who = "this client" if grant.subject is None else repr(grant.subject)
     if action == "subscribe":
         assert topic is not None
         if grant.may_subscribe(topic):
             return
-        raise _ProtocolError("forbidden", f"{grant} may not subscribe to {topic!r}")
+        raise _ProtocolError("forbidden", f"{who} may not subscribe to {topic!r}")
     if grant.may_publish(topic):
         return
-    what = "broadcast" if topic is None else f"publish on {topic!r}"
-    raise _ProtocolError("forbidden", f"{grant} may not {what}")
+    what = "broadcast on this server" if topic is None else f"publish on {topic!r}"
+    raise _ProtocolError("forbidden", f"{who} may not {what}")
 
 
 def broadcast_message(payload: JSONValue) -> Message:
