@@ -400,3 +400,80 @@ async def test_the_api_of_any_node_reaches_every_node(redis: RedisServer) -> Non
                 await http.post(f"{base(port)}/api/broadcast", json={"payload": port}, headers=AUTH)
                 for connection in (on_a, on_b):
                     assert await receive(connection) == {"type": "broadcast", "payload": port}
+
+
+# ------------------------------------------------- the deploy how-to's files
+
+
+EXAMPLES: Final = Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+async def test_the_howto_curl_commands_publish_and_a_wrong_key_is_401() -> None:
+    # docs/examples/deploy_curl.sh, shown in docs/howto/deploy.rst, run as is.
+    import os
+
+    with trio.fail_after(LIMIT):
+        async with (
+            running_server(env={"TRIO_HUB_API_KEY": KEY}) as server,
+            client(server.port) as browser,
+        ):
+            await request(browser, "subscribe", {"topic": "orders"})
+            assert (await receive(browser))["type"] == "subscribed"
+            result = await trio.run_process(
+                ["bash", "-e", str(EXAMPLES / "deploy_curl.sh")],
+                capture_stdout=True,
+                capture_stderr=True,
+                env={**os.environ, "HUB": base(server.port), "TRIO_HUB_API_KEY": KEY},
+            )
+            assert result.stdout.decode().splitlines() == [
+                '{"topic":"orders","listenerCount":1}',
+                '{"listenerCount":1}',
+                "401",
+            ]
+            assert await receive(browser) == {
+                "type": "message",
+                "payload": {"topic": "orders", "data": {"id": 42, "status": "shipped"}},
+            }
+            assert await receive(browser) == {
+                "type": "broadcast",
+                "payload": "maintenance at 18:00",
+            }
+            await echo_ready(browser)  # and no "spam" came before this
+
+
+def test_the_howto_systemd_unit_runs_a_valid_command_line() -> None:
+    import shlex
+
+    from trio_hub.__main__ import _parser
+
+    unit = (EXAMPLES / "trio-hub.service").read_text()
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    program, *args = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert program.endswith("/trio-hub")
+    options = _parser().parse_args(args)
+    assert options.command == "serve"
+    assert options.redis == "redis://127.0.0.1:6379/0"
+    # The secrets come from the environment file, never the command line.
+    assert options.api_key is None
+    assert options.jwt_secret is None
+    assert "EnvironmentFile=" in unit
+
+
+def test_the_howto_backend_mints_tokens_that_the_hub_accepts() -> None:
+    # docs/examples/deploy_backend.py runs in tests/test_docs.py; here its
+    # mint_token() meets the authenticator, fresh and expired.
+    import importlib.util
+
+    from trio_hub import InvalidTokenError, JWTAuthenticator
+
+    spec = importlib.util.spec_from_file_location("deploy_backend", EXAMPLES / "deploy_backend.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    authenticator = JWTAuthenticator(secret=module.JWT_SECRET)
+    grant = authenticator.verify(module.mint_token("alice", ["news"]))
+    assert grant.subject == "alice"
+    assert grant.topics == ("news",)
+    with pytest.raises(InvalidTokenError, match="expired"):
+        authenticator.verify(module.mint_token("alice", ["news"], lifetime=-10))

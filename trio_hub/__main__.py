@@ -529,13 +529,6 @@ async def _serve(options: argparse.Namespace) -> int:
                 if backend is not None:
                     logger.info("sharing messages with other nodes through %r", backend)
                 authenticate = _authenticator(options)
-                logger.info(
-                    "WebSocket clients %s publish (--client-publish %s)%s; HTTP API %s",
-                    "may" if options.client_publish == "all" else "may not",
-                    options.client_publish,
-                    "; connection tokens required" if options.jwt_authenticator else "",
-                    "enabled" if options.api_key else "disabled",
-                )
                 async with trio.open_nursery() as nursery:
                     try:
                         server: HubServer = await nursery.start(
@@ -560,6 +553,13 @@ async def _serve(options: argparse.Namespace) -> int:
                         return 1
                     if options.jwt_authenticator is not None:
                         nursery.start_soon(options.jwt_authenticator.close_expired, hub)
+                    logger.info(
+                        "WebSocket clients %s publish (--client-publish %s)%s; HTTP API %s",
+                        "may" if options.client_publish == "all" else "may not",
+                        options.client_publish,
+                        "; connection tokens required" if options.jwt_authenticator else "",
+                        "enabled" if options.api_key else "disabled",
+                    )
                     if not logging.getLogger("trio_hub").isEnabledFor(logging.INFO):
                         # serve_hub logs this line at INFO; scripts that start the
                         # server parse it for the port, so it is there at any level.
