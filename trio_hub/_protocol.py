@@ -104,14 +104,27 @@ async def protocol_handler(client: Client, message: Message) -> None:
     subscriptions, so that the memory one client can make the hub hold stays
     bounded.
 
+    * ``refresh`` with ``{"token": T}``: a fresh connection token, for a
+      client whose identity is a :class:`Grant` from
+      :class:`JWTAuthenticator`; the sender gets ``refreshed`` ``{"expires":
+      E, "unsubscribed": [...]}`` (the topics the new token no longer allows,
+      which it has left).
+
+    Permissions: when the client's :attr:`~Client.identity` is a
+    :class:`Grant`, a ``subscribe`` needs :meth:`Grant.may_subscribe`, and a
+    ``publish`` or ``broadcast`` :meth:`Grant.may_publish`; a refusal is an
+    ``error`` of code ``forbidden``, and the connection stays open. Any other
+    identity may do everything.
+
     Error handling:
         A message it cannot act on is answered, to the sender alone, with
         ``{"type": "error", "payload": {"code": C, "detail": "<text>"}}``, and
         the connection stays open. ``C`` is ``unknown_type`` (no such message
         type), ``invalid_payload`` (the payload does not have the shape the
         type needs: not an object, a missing, empty, non-string or too long
-        topic, or an unknown field) or ``limit_exceeded`` (one ``subscribe``
-        too many). The hub itself answers frames that are not JSON
+        topic, or an unknown field), ``limit_exceeded`` (one ``subscribe``
+        too many), ``forbidden`` (see above) or ``invalid_token`` (a
+        ``refresh`` whose token is refused). The hub itself answers frames that are not JSON
         (``invalid_json``) or not an envelope (``invalid_envelope``) before any
         handler sees them.
 
