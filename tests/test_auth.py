@@ -372,3 +372,17 @@ async def test_grants_of_failed_handshakes_are_not_kept(
             await authenticator(handshake(query={"token": mint({"sub": "x", "exp": START + 5})}))
         await trio.sleep(10)
         assert authenticator._heap == []
+
+
+async def test_without_the_watcher_nothing_is_kept_and_it_runs_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    authenticator = JWTAuthenticator(secret=SECRET, wall_clock=wall_clock)
+    await authenticator(handshake(query={"token": mint({"sub": "x", "exp": START + 5})}))
+    assert authenticator._heap == []
+    async with token_hub(authenticator) as test_hub:
+        await authenticator(handshake(query={"token": mint({"sub": "x", "exp": START + 5})}))
+        assert len(authenticator._heap) == 1
+        with pytest.raises(RuntimeError, match="already running"):
+            await authenticator.close_expired(test_hub.hub)
+    assert authenticator._heap == []

@@ -530,6 +530,9 @@ async def _serve(options: argparse.Namespace) -> int:
                     logger.info("sharing messages with other nodes through %r", backend)
                 authenticate = _authenticator(options)
                 async with trio.open_nursery() as nursery:
+                    if options.jwt_authenticator is not None:
+                        # Before serving: every admitted token must be watched.
+                        await nursery.start(options.jwt_authenticator.close_expired, hub)
                     try:
                         server: HubServer = await nursery.start(
                             partial(
@@ -550,9 +553,8 @@ async def _serve(options: argparse.Namespace) -> int:
                         logger.error(  # noqa: TRY400  the cause is all a user needs here
                             "cannot listen on %s:%s: %s", options.host, options.port, exc
                         )
+                        nursery.cancel_scope.cancel()
                         return 1
-                    if options.jwt_authenticator is not None:
-                        nursery.start_soon(options.jwt_authenticator.close_expired, hub)
                     logger.info(
                         "WebSocket clients %s publish (--client-publish %s)%s; HTTP API %s",
                         "may" if options.client_publish == "all" else "may not",

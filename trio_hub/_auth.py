@@ -214,6 +214,9 @@ class JWTAuthenticator:
         self._heap: list[tuple[float, int, weakref.ref[Grant]]] = []
         self._order = itertools.count()
         self._wakeup = trio.Event()
+        # Nothing is kept for expiry until close_expired() runs: without it,
+        # the heap would only grow.
+        self._watching = False
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -279,7 +282,7 @@ class JWTAuthenticator:
         return grant
 
     def _watch(self, grant: Grant) -> None:
-        if grant.expires is None:
+        if grant.expires is None or not self._watching:
             return
         deadline = self._deadline(grant.expires)
         if self._heap and deadline >= self._heap[0][0]:
@@ -296,12 +299,24 @@ class JWTAuthenticator:
     ) -> None:
         """Close ``hub``'s clients whose token expired, with :attr:`CloseCode.TOKEN_EXPIRED`.
 
-        Run it beside :func:`serve_hub` in the same nursery, for as long as the
-        hub serves: one task and one heap for every client, not a task per
+        Start it (``await nursery.start(authenticator.close_expired, hub)``)
+        before :func:`serve_hub`, in the same nursery, and let it run for as
+        long as the hub serves: tokens admitted while it does not run are never
+        expired. It is one task and one heap for every client, not a task per
         client. A client that sent a fresh token in a ``refresh`` message in
         time stays.
         """
-        task_status.started()
+        if self._watching:
+            raise RuntimeError("close_expired() is already running for this authenticator")
+        self._watching = True
+        try:
+            task_status.started()
+            await self._close_expired(hub)
+        finally:
+            self._watching = False
+            self._heap.clear()
+
+    async def _close_expired(self, hub: Hub) -> None:
         while True:
             heap = self._heap
             now = trio.current_time()

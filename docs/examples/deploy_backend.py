@@ -43,10 +43,11 @@ def publish(hub_url: str, topic: str, data: object) -> dict[str, object]:
 async def main() -> None:
     authenticator = JWTAuthenticator(secret=JWT_SECRET, publish=False)
     async with open_hub(on_message=protocol_handler) as hub, trio.open_nursery() as nursery:
+        # First: it closes the connections whose token expired, with 4002.
+        await nursery.start(authenticator.close_expired, hub)
         server = await nursery.start(
             partial(serve_hub, hub, "127.0.0.1", 0, authenticate=authenticator, api_key=API_KEY)
         )
-        nursery.start_soon(authenticator.close_expired, hub)  # closes expired tokens: 4002
         hub_url = f"http://127.0.0.1:{server.port}"
 
         token = mint_token("alice", ["user.alice.*", "news"])
