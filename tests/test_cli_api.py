@@ -340,6 +340,46 @@ async def test_metrics_from_the_cli_parse_as_prometheus_text() -> None:
                 assert (await http.get(f"{base(server.port)}/metrics")).status_code == 404
 
 
+async def test_metrics_can_move_to_another_address() -> None:
+    async with httpx.AsyncClient() as http:
+        with trio.fail_after(LIMIT):
+            async with running_server(
+                "--api-key", KEY, "--metrics-address", "127.0.0.1:0"
+            ) as server:
+                match = await server.wait_for_line(
+                    r"serving /metrics on http://127\.0\.0\.1:(\d+)/metrics"
+                )
+                metrics_url = f"http://127.0.0.1:{match[1]}"
+                response = await http.get(f"{metrics_url}/metrics")
+                assert response.status_code == 200
+                assert "trio_hub_clients" in response.text
+                # Only the metrics there: no API, no page; and none on the main port.
+                assert (await http.get(f"{metrics_url}/api/stats", headers=AUTH)).status_code == 404
+                assert (await http.get(f"{metrics_url}/")).status_code == 404
+                assert (await http.get(f"{base(server.port)}/metrics")).status_code == 404
+                stats = await http.get(f"{base(server.port)}/api/stats", headers=AUTH)
+                assert stats.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("--metrics-address", "9100"), "expected HOST:PORT"),
+        (("--metrics-address", "127.0.0.1:99999"), "a port is 0 to 65535"),
+        (("--metrics-address", "127.0.0.1:0", "--metrics", "off"), "excludes --metrics"),
+    ],
+)
+async def test_bad_metrics_addresses_exit_2(args: tuple[str, ...], complaint: str) -> None:
+    import sys
+
+    with trio.fail_after(LIMIT):
+        result = await trio.run_process(
+            [sys.executable, "-m", "trio_hub", "serve", *args], capture_stderr=True, check=False
+        )
+    assert result.returncode == 2
+    assert complaint in result.stderr.decode()
+
+
 # ------------------------------------------------------ two nodes on Redis
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import trio
 
 from ._auth import Grant, JWTAuthenticator
+from ._http import serve_metrics
 from ._hub import open_hub
 from ._policy import SlowClientPolicy
 from ._protocol import protocol_handler
@@ -217,6 +218,17 @@ def _parser() -> argparse.ArgumentParser:
             "API key (key), or not at all (off)"
         ),
     )
+    api.add_argument(
+        "--metrics-address",
+        type=_address,
+        default=None,
+        metavar="HOST:PORT",
+        help=(
+            "serve GET /metrics on this address instead, to anyone (say, an internal "
+            "interface); the main port then serves none; port 0 picks a free one "
+            "(default: none: on the main port, as --metrics says)"
+        ),
+    )
 
     permissions = serve.add_argument_group("permissions")
     permissions.add_argument(
@@ -319,6 +331,8 @@ def _check_combinations(parser: argparse.ArgumentParser, options: argparse.Names
         parser.error("--auth-token and the JWT options exclude each other")
     if options.metrics == "key" and not options.api_key:
         parser.error(f"--metrics key needs --api-key (or {API_KEY_ENV})")
+    if options.metrics_address is not None and options.metrics != "open":
+        parser.error("--metrics-address serves /metrics to anyone: it excludes --metrics key/off")
     uses_tokens = bool(options.jwt_secret) or options.jwt_public_key is not None
     if options.client_publish is None:
         # A server with a backend API or tokens is a deployment: the backend
@@ -335,6 +349,13 @@ def _check_combinations(parser: argparse.ArgumentParser, options: argparse.Names
             parser.error(f"--jwt-public-key: {exc}")
     elif options.jwt_secret:
         options.jwt_authenticator = JWTAuthenticator(secret=options.jwt_secret, publish=may_publish)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]"), _port(port)
 
 
 def _redis_url(text: str) -> str:
@@ -546,7 +567,7 @@ async def _serve(options: argparse.Namespace) -> int:
                                 handshake_timeout=options.handshake_timeout,
                                 max_message_size=options.max_message_size,
                                 api_key=options.api_key,
-                                metrics=options.metrics,
+                                metrics="off" if options.metrics_address else options.metrics,
                             )
                         )
                     except OSError as exc:
@@ -555,6 +576,28 @@ async def _serve(options: argparse.Namespace) -> int:
                         )
                         nursery.cancel_scope.cancel()
                         return 1
+                    if options.metrics_address is not None:
+                        metrics_host, metrics_port = options.metrics_address
+                        try:
+                            await nursery.start(
+                                partial(
+                                    serve_metrics,
+                                    server,
+                                    metrics_host,
+                                    metrics_port,
+                                    handshake_timeout=options.handshake_timeout,
+                                )
+                            )
+                        except OSError as exc:
+                            logger.error(  # noqa: TRY400  the cause is all a user needs here
+                                "cannot listen on %s:%s for /metrics: %s",
+                                metrics_host,
+                                metrics_port,
+                                exc,
+                            )
+                            await server.aclose()
+                            nursery.cancel_scope.cancel()
+                            return 1
                     logger.info(
                         "WebSocket clients %s publish (--client-publish %s)%s; HTTP API %s",
                         "may" if options.client_publish == "all" else "may not",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._hub import Hub
     from ._server import HubServer
 
-__all__ = ["METRICS_MODES", "HTTPSide", "serve_request", "statistics_json"]
+__all__ = ["METRICS_MODES", "HTTPSide", "serve_metrics", "serve_request", "statistics_json"]
 
 logger: Final = logging.getLogger("trio_hub")
 
@@ -333,3 +333,51 @@ async def _linger(stream: trio.SocketStream) -> None:
                 discarded += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+async def serve_metrics(
+    server: HubServer,
+    host: str | None,
+    port: int,
+    *,
+    handshake_timeout: float = 10.0,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``server``'s ``GET /metrics`` alone, on another address (``--metrics-address``)."""
+    # Here, not at the top: _server imports this module.
+    from ._server import _BadRequest, _parse_head, _read_head
+
+    side = HTTPSide(hub=server.hub, index_html=b"", api_key=None, metrics="open", max_body_size=0)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        deadline = trio.current_time() + handshake_timeout
+        async with stream:
+            with trio.move_on_at(deadline):
+                try:
+                    raw = await _read_head(stream)
+                except trio.BrokenResourceError:
+                    return
+                if raw is None:
+                    return
+                head_bytes, _, rest = raw.partition(b"\r\n\r\n")
+                try:
+                    head = _parse_head(head_bytes)
+                except _BadRequest as exc:
+                    await _send(
+                        stream,
+                        _Answer(HTTPStatus.BAD_REQUEST, f"Bad request: {exc}\n".encode(), _TEXT),
+                        head_only=False,
+                    )
+                    return
+                await serve_request(
+                    side, server, stream, head.method, head.target, head.headers, rest, deadline
+                )
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        logger.info(
+            "serving /metrics on http://%s:%d/metrics",
+            *listeners[0].socket.getsockname()[:2],
+        )
+        task_status.started(listeners)
