@@ -41,6 +41,7 @@ class Running:
 @asynccontextmanager
 async def running(**options: Any) -> AsyncIterator[Running]:
     options.setdefault("api_key", KEY)
+    options.setdefault("metrics", "open")
     async with (
         open_hub(on_message=protocol_handler) as hub,
         trio.open_nursery() as nursery,
@@ -498,3 +499,13 @@ def test_serve_hub_checks_the_new_options() -> None:
     ]:
         with pytest.raises(ValueError, match=complaint):
             trio.run(partial(start, **options))
+
+
+async def test_the_library_serves_no_metrics_unless_asked() -> None:
+    with trio.fail_after(LIMIT):
+        async with open_hub() as hub, trio.open_nursery() as nursery:
+            server = await nursery.start(serve_hub, hub, "127.0.0.1", 0)
+            async with httpx.AsyncClient() as http:
+                response = await http.get(f"http://127.0.0.1:{server.port}/metrics")
+                assert response.status_code == 404
+            await server.aclose()

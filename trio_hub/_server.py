@@ -200,7 +200,7 @@ async def serve_hub(
     max_message_size: int = 1 << 20,
     index_html: bytes | None = None,
     api_key: str | None = None,
-    metrics: str = "open",
+    metrics: str = "off",
     task_status: trio.TaskStatus[HubServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket clients for ``hub`` on ``host``:``port``.
@@ -244,7 +244,9 @@ async def serve_hub(
             /api/broadcast``, ``GET /api/stats``) requires as
             ``Authorization: Bearer <key>``; ``None`` disables the API (404).
         metrics: ``"open"`` serves ``GET /metrics`` to anyone, ``"key"``
-            requires ``api_key`` for it too, ``"off"`` serves none (404).
+            requires ``api_key`` for it too, ``"off"`` (the default, so that
+            no server exposes its figures without being asked to) serves none
+            (404). ``python -m trio_hub serve`` passes ``"open"``.
         task_status: For ``nursery.start``.
 
     .. versionchanged:: 0.2
