@@ -18,7 +18,6 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
-import jwt
 import trio
 
 from ._closecodes import CloseCode
@@ -229,6 +228,10 @@ class JWTAuthenticator:
         Raises:
             InvalidTokenError: saying what is wrong with it.
         """
+        # Imported on first use: pyjwt brings in cryptography, which a hub
+        # without tokens need not load.
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from . import _codec, _metrics
+from . import _codec
 from ._auth import Grant
 from ._errors import HubClosedError, InvalidJSONError
 from ._message import JSONValue, _json_kind
@@ -150,6 +150,8 @@ async def _route(side: HTTPSide, server: HubServer, request: _Request) -> _Answe
         _allow(method, "GET")
         if side.metrics == "key":
             _check_key(side, headers)
+        from . import _metrics
+
         return _Answer(
             HTTPStatus.OK, _metrics.render(server.metrics_registry), _metrics.CONTENT_TYPE
         )

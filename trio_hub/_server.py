@@ -17,7 +17,6 @@ from urllib.parse import parse_qsl, urlsplit
 import trio
 from trio_websocket import ConnectionClosed, wrap_server_stream
 
-from . import _metrics
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, HubError
 from ._http import METRICS_MODES, HTTPSide, serve_request
@@ -170,6 +169,9 @@ class HubServer(metaclass=NoPublicConstructor):
         .. versionadded:: 0.2
         """
         if self._registry is None:
+            # Imported on first use: a server without /metrics needs no prometheus_client.
+            from . import _metrics
+
             collector = _metrics.HubCollector(
                 self._hub,
                 refusals=lambda: self._refusals,
