@@ -21,7 +21,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from trio_hub import HubServer, open_hub, protocol_handler, serve_hub
+from trio_hub import Hub, HubServer, open_hub, protocol_handler, serve_hub
 
 LIMIT: Final = 20  # seconds, for any one test
 KEY: Final = "the-api-key"
@@ -509,3 +509,24 @@ async def test_the_library_serves_no_metrics_unless_asked() -> None:
                 response = await http.get(f"http://127.0.0.1:{server.port}/metrics")
                 assert response.status_code == 404
             await server.aclose()
+
+
+async def test_a_bug_behind_an_endpoint_is_a_logged_500_for_that_request_alone(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(LIMIT):
+        async with running() as hub, subscriber(hub.server, "t") as reader:
+
+            def broken(self: Hub) -> None:
+                raise RuntimeError("boom")
+
+            monkeypatch.setattr(Hub, "statistics", broken)
+            response = await hub.http.get("/api/stats", headers=AUTH)
+            assert response.status_code == 500
+            assert error_of(response) == "internal_error"
+            assert "boom" not in response.text
+            assert "error while answering GET /api/stats" in caplog.text
+            monkeypatch.undo()
+            response = await hub.http.post("/api/publish", json={"topic": "t"}, headers=AUTH)
+            assert response.status_code == 200
+            assert (await receive(reader))["type"] == "message"

@@ -123,6 +123,12 @@ async def serve_request(
         answer = await _route(side, server, request)
     except _Refusal as refusal:
         answer = refusal.answer
+    except Exception:
+        # A bug: this request alone gets a 500, and it is logged.
+        logger.exception("error while answering %s %s", method, request.path[:100])
+        answer = _Refusal(
+            HTTPStatus.INTERNAL_SERVER_ERROR, "internal_error", "internal error"
+        ).answer
     side.requests[(_endpoint(request.path), answer.status)] += 1
     if answer.status >= 400:
         try:
