@@ -6,11 +6,12 @@ import importlib.resources
 import logging
 import math
 import types
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from http import HTTPStatus
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
@@ -18,9 +19,13 @@ from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, HubError
+from ._http import METRICS_MODES, HTTPSide, serve_request
 from ._hub import Hub
 from ._stream import FastWebSocketTransport, HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "Authenticator",
@@ -91,18 +96,24 @@ class HubServer(metaclass=NoPublicConstructor):
         "_accept_scope",
         "_connections",
         "_handler_scopes",
+        "_http",
         "_hub",
         "_listeners",
+        "_refusals",
+        "_registry",
         "_stopped",
     )
 
-    def __init__(self, hub: Hub, listeners: list[trio.SocketListener]) -> None:
+    def __init__(self, hub: Hub, listeners: list[trio.SocketListener], http: HTTPSide) -> None:
         self._hub = hub
         self._listeners = listeners
+        self._http = http
         self._accept_scope = trio.CancelScope()
         self._stopped = trio.Event()
         self._connections = 0
         self._handler_scopes: set[trio.CancelScope] = set()
+        self._refusals: Counter[str] = Counter()
+        self._registry: CollectorRegistry | None = None
 
     @property
     def hub(self) -> Hub:
@@ -134,6 +145,42 @@ class HubServer(metaclass=NoPublicConstructor):
         """How many connections are open now, WebSocket clients and handshakes in progress."""
         return self._connections
 
+    @property
+    def refusals(self) -> Mapping[str, int]:
+        """How many connections the handshake refused or dropped, by reason.
+
+        The reasons: ``bad_request``, ``too_many_connections``, ``bad_upgrade``,
+        ``origin``, ``shutting_down``, ``rejected_<status>`` (the
+        ``authenticate`` hook refused, as with 401), ``auth_timeout``,
+        ``auth_error``, ``handshake_timeout`` and ``lost``.
+
+        .. versionadded:: 0.2
+        """
+        return types.MappingProxyType(self._refusals)
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry:
+        """The server's own Prometheus registry, which ``GET /metrics`` serves.
+
+        Its collector reads :meth:`Hub.statistics` and :attr:`refusals` at
+        each scrape. Register your own collectors with it to serve them beside
+        trio_hub's; it is never the process-global registry.
+
+        .. versionadded:: 0.2
+        """
+        if self._registry is None:
+            # Imported on first use: a server without /metrics needs no prometheus_client.
+            from . import _metrics
+
+            collector = _metrics.HubCollector(
+                self._hub,
+                refusals=lambda: self._refusals,
+                connections=lambda: self._connections,
+                requests=lambda: self._http.requests,
+            )
+            self._registry = _metrics.open_registry(collector)
+        return self._registry
+
     async def aclose(self) -> None:
         """Stop accepting, then shut the hub down; return when both are done.
 
@@ -154,6 +201,8 @@ async def serve_hub(
     handshake_timeout: float = 10.0,
     max_message_size: int = 1 << 20,
     index_html: bytes | None = None,
+    api_key: str | None = None,
+    metrics: str = "off",
     task_status: trio.TaskStatus[HubServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket clients for ``hub`` on ``host``:``port``.
@@ -168,8 +217,10 @@ async def serve_hub(
     1. A client must send its request head within ``handshake_timeout``, or the
        TCP connection is dropped. Garbage gets 400.
     2. Past ``max_connections``: 503; clients already connected are unharmed.
-    3. A plain HTTP ``GET /`` gets the browser page (``index_html``); other
-       paths 404, other methods 405.
+    3. A plain HTTP request goes to the HTTP side (:ref:`http-api`):
+       ``GET /`` gets the browser page (``index_html``), ``/api/...`` the
+       HTTP API (with ``api_key``), ``GET /metrics`` the Prometheus metrics;
+       other paths 404, other methods 405.
     4. Origin: if the request has an ``Origin`` header, its host must equal the
        ``Host`` header (gorilla's CheckOrigin), unless the origin is in
        ``allowed_origins`` (``"*"`` allows all). Otherwise 403.
@@ -191,12 +242,36 @@ async def serve_hub(
         max_message_size: The largest inbound message, in bytes.
         index_html: The page served on ``GET /``; ``None`` for the built-in page,
             ``b""`` to serve none (404).
+        api_key: The key that the HTTP API (``POST /api/publish``, ``POST
+            /api/broadcast``, ``GET /api/stats``) requires as
+            ``Authorization: Bearer <key>``; ``None`` disables the API (404).
+        metrics: ``"open"`` serves ``GET /metrics`` to anyone, ``"key"``
+            requires ``api_key`` for it too, ``"off"`` (the default, so that
+            no server exposes its figures without being asked to) serves none
+            (404). ``python -m trio_hub serve`` passes ``"open"``.
         task_status: For ``nursery.start``.
+
+    .. versionchanged:: 0.2
+       The HTTP API and ``/metrics``: ``api_key`` and ``metrics``.
     """
     if max_connections is not None and max_connections < 1:
         raise ValueError(f"max_connections must be None or >= 1, got {max_connections!r}")
     if not handshake_timeout > 0:
         raise ValueError(f"handshake_timeout must be > 0, got {handshake_timeout!r}")
+    if metrics not in METRICS_MODES:
+        raise ValueError(f"metrics must be one of {METRICS_MODES}, got {metrics!r}")
+    if api_key is not None and not api_key:
+        raise ValueError("api_key must not be empty; None disables the HTTP API")
+    if metrics == "key" and api_key is None:
+        raise ValueError("metrics='key' needs an api_key")
+    page = default_index_html() if index_html is None else index_html
+    http = HTTPSide(
+        hub=hub,
+        index_html=page,
+        api_key=api_key.encode() if api_key is not None else None,
+        metrics=metrics,
+        max_body_size=max_message_size,
+    )
     policy = _Policy(
         hub=hub,
         authenticate=authenticate,
@@ -204,11 +279,12 @@ async def serve_hub(
         max_connections=max_connections if max_connections is not None else math.inf,
         handshake_timeout=handshake_timeout,
         max_message_size=max_message_size,
-        index_html=default_index_html() if index_html is None else index_html,
+        index_html=page,
         coalescer=WriteCoalescer(),
+        http=http,
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
-    server = HubServer._create(hub, listeners)
+    server = HubServer._create(hub, listeners, http)
     # The coalescer outlives accepting: it must flush for clients being drained.
     coalescer_scope = trio.CancelScope(shield=True)
 
@@ -260,6 +336,7 @@ class _Policy:
     max_message_size: int
     index_html: bytes
     coalescer: WriteCoalescer
+    http: HTTPSide
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,26 +382,30 @@ async def _handshake(
         except trio.BrokenResourceError:
             # The peer reset the connection: its business, not a server error.
             logger.info("%s: connection lost during the handshake", _show(remote))
+            server._refusals["lost"] += 1
             return None
     if head_scope.cancelled_caught:
         logger.info("%s: no handshake within %ss; dropped", _show(remote), policy.handshake_timeout)
+        server._refusals["handshake_timeout"] += 1
         return None
     if raw is None:
         return None  # the peer closed before sending anything
     try:
-        head_bytes, _, _ = raw.partition(b"\r\n\r\n")
+        head_bytes, _, body_start = raw.partition(b"\r\n\r\n")
         head = _parse_head(head_bytes)
     except _BadRequest as exc:
         logger.info("%s: bad request: %s", _show(remote), exc)
+        server._refusals["bad_request"] += 1
         await _respond(stream, HTTPStatus.BAD_REQUEST, f"Bad request: {exc}\n")
         return None
     if server._connections > policy.max_connections:
         logger.warning("%s: refused, connection limit reached", _show(remote))
+        server._refusals["too_many_connections"] += 1
         await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
         return None
     headers = head.headers
     if "websocket" not in headers.get("upgrade", "").lower():
-        await _serve_plain_http(policy, stream, head)
+        await _serve_plain_http(policy, server, stream, head, body_start, deadline)
         return None
     path, _, query = head.target.partition("?")
     request = HandshakeRequest(
@@ -333,13 +414,18 @@ async def _handshake(
         headers=headers,
         remote=remote,
     )
-    problem = _check_upgrade(headers) or _check_origin(policy, headers)
+    problem = _check_upgrade(headers)
+    reason = "bad_upgrade"
+    if problem is None:
+        problem, reason = _check_origin(policy, headers), "origin"
     if problem is not None:
         status, body = problem
         logger.info("%s: refused (%d): %s", _show(remote), status, body.strip())
+        server._refusals[reason] += 1
         await _respond(stream, status, body)
         return None
     if policy.hub.closed:
+        server._refusals["shutting_down"] += 1
         await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
         return None
     identity: object = None
@@ -349,16 +435,22 @@ async def _handshake(
                 identity = await policy.authenticate(request)
         except HandshakeRejection as rejection:
             logger.info("%s: rejected (%d): %s", _show(remote), rejection.status, rejection.body)
+            server._refusals[f"rejected_{rejection.status}"] += 1
             await _respond(stream, rejection.status, rejection.body + "\n")
             return None
         except trio.TooSlowError:
             logger.warning("%s: authentication took too long; dropped", _show(remote))
+            server._refusals["auth_timeout"] += 1
             await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Authentication timed out\n")
             return None
         except Exception:
             logger.exception("%s: the authenticate hook raised", _show(remote))
+            server._refusals["auth_error"] += 1
             await _respond(stream, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error\n")
             return None
+        subject = getattr(identity, "subject", None)
+        if subject is not None:
+            logger.info("%s: authenticated as %r", _show(remote), subject)
     return raw, identity, deadline, remote
 
 
@@ -471,20 +563,18 @@ def _check_origin(policy: _Policy, headers: Mapping[str, str]) -> tuple[int, str
     return HTTPStatus.FORBIDDEN, f"Origin {origin!r} is not allowed\n"
 
 
-async def _serve_plain_http(policy: _Policy, stream: trio.SocketStream, head: _Head) -> None:
-    path = head.target.partition("?")[0]
-    if head.method not in ("GET", "HEAD"):
-        await _respond(stream, HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed\n")
-    elif path in ("/", "/index.html") and policy.index_html:
-        await _respond(
-            stream,
-            HTTPStatus.OK,
-            policy.index_html,
-            content_type="text/html; charset=utf-8",
-            head_only=head.method == "HEAD",
-        )
-    else:
-        await _respond(stream, HTTPStatus.NOT_FOUND, "Not found\n")
+async def _serve_plain_http(
+    policy: _Policy,
+    server: HubServer,
+    stream: trio.SocketStream,
+    head: _Head,
+    body_start: bytes,
+    deadline: float,
+) -> None:
+    # The page, the HTTP API and /metrics: trio_hub/_http.py.
+    await serve_request(
+        policy.http, server, stream, head.method, head.target, head.headers, body_start, deadline
+    )
 
 
 async def _respond(
