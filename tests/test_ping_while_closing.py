@@ -52,6 +52,12 @@ class TightPinger:
         self.close_code: int | None = None
         self.closed = trio.Event()
         self.pinging = trio.Event()
+        # The pinger and the reader (pongs, late pings, the close) share the socket.
+        self.send_lock = trio.StrictFIFOLock()
+
+    async def send(self, opcode: int, payload: bytes) -> None:
+        async with self.send_lock:
+            await self.raw.send_frame(opcode, payload)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -64,7 +70,7 @@ class TightPinger:
 
     async def ping_until_closed(self) -> None:
         while not self.closed.is_set():
-            await self.raw.send_frame(OP_PING, self.pings_sent.to_bytes(4, "big"))
+            await self.send(OP_PING, self.pings_sent.to_bytes(4, "big"))
             self.pings_sent += 1
             self.pinging.set()
 
@@ -75,7 +81,7 @@ class TightPinger:
                 self.pongs += 1
             elif opcode == OP_PING:
                 if self.answer_pings:
-                    await self.raw.send_frame(OP_PONG, payload)
+                    await self.send(OP_PONG, payload)
             elif opcode == OP_CLOSE:
                 self.close_code = struct.unpack("!H", payload[:2])[0] if payload else 1005
                 self.closed.set()
@@ -85,8 +91,8 @@ class TightPinger:
         # Pings after the close frame, as a client whose pinger has not yet
         # noticed it; then the close reply.
         for number in range(PINGS_AFTER_THE_CLOSE):
-            await self.raw.send_frame(OP_PING, b"late" + number.to_bytes(4, "big"))
-        await self.raw.send_frame(OP_CLOSE, struct.pack("!H", self.close_code))
+            await self.send(OP_PING, b"late" + number.to_bytes(4, "big"))
+        await self.send(OP_CLOSE, struct.pack("!H", self.close_code))
 
 
 async def by_shutdown(hub: Hub, server: HubServer) -> None:
