@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, connect_websocket
+from trio_websocket import ConnectionClosed
 
 from trio_hub import Client, CloseCode, Hub, HubClosedError, HubServer, Message, protocol_handler
 
 from ..rawws import OP_PING, OP_TEXT, RawWebSocket, client_frame
+from ..wsclient import connect_websocket
 from .conftest import Mode
 from .support import raw_connect, read_until_close, reset, running, wait_until, wire
 

@@ -13,10 +13,11 @@ import json
 from collections.abc import Callable
 
 import trio
-from trio_websocket import WebSocketConnection, connect_websocket
+from trio_websocket import WebSocketConnection
 
 from trio_hub import CloseCode, Message
 
+from ..wsclient import connect_websocket
 from .conftest import Mode
 from .support import raw_connect, running, wait_until
 
