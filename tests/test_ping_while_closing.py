@@ -9,8 +9,10 @@ eviction 4000, keepalive timeout 4001) a raw client keeps pinging, and goes on
 pinging for a while after the close frame has reached it, before it answers the
 close. The served connection must not log an error, nor raise out of its task.
 
-Only :func:`serve_hub`'s public behaviour is used, so that these tests hold
-whatever engine runs the served connection. Real sockets on 127.0.0.1, port 0;
+Both ways of serving are checked: :func:`serve_hub`, through its public
+behaviour only (so that the test holds whatever engine runs its connections),
+and a trio-websocket handler that hands its connection to
+:meth:`Hub.serve_client`. Real sockets on 127.0.0.1, port 0;
 each test has a time limit.
 """
 
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import pytest
 import trio
+from trio_websocket import WebSocketRequest, serve_websocket
 
 from trio_hub import CloseCode, Hub, HubServer, Message, open_hub, serve_hub
 
@@ -95,25 +100,68 @@ class TightPinger:
         await self.send(OP_CLOSE, struct.pack("!H", self.close_code))
 
 
-async def by_shutdown(hub: Hub, server: HubServer) -> None:
-    await server.aclose()
+@dataclass
+class World:
+    """A hub behind a server on 127.0.0.1: serve_hub, or a trio-websocket handler."""
+
+    hub: Hub
+    port: int
+    stop: Callable[[], Awaitable[None]]
+    handlers: Callable[[], int]  # connections still being served
 
 
-async def by_eviction(hub: Hub, server: HubServer) -> None:
-    # The client does not read while this runs (its reader is parked on a full
-    # socket soon enough): large broadcasts fill the socket, then the queue.
-    (client,) = hub.clients
+@asynccontextmanager
+async def behind_serve_hub(hub_settings: dict[str, Any]) -> AsyncIterator[World]:
+    async with open_hub(**hub_settings) as hub, trio.open_nursery() as nursery:
+        server: HubServer = await nursery.start(partial(serve_hub, hub, "127.0.0.1", 0))
+        yield World(hub, server.port, server.aclose, lambda: server.connections)
+        await server.aclose()
+
+
+@asynccontextmanager
+async def behind_serve_client(hub_settings: dict[str, Any]) -> AsyncIterator[World]:
+    # The connection is trio-websocket's own, handed over with serve_client();
+    # an error that escapes it ends serve_websocket, and this test with it.
+    running = 0
+
+    async def handler(request: WebSocketRequest) -> None:
+        nonlocal running
+        running += 1
+        try:
+            await hub.serve_client(await request.accept())
+        finally:
+            running -= 1
+
+    async with open_hub(**hub_settings) as hub, trio.open_nursery() as nursery:
+        server = await nursery.start(
+            partial(serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+        )
+        yield World(hub, server.port, hub.aclose, lambda: running)
+        nursery.cancel_scope.cancel()
+
+
+SERVERS = {"serve_hub": behind_serve_hub, "serve_client": behind_serve_client}
+
+
+async def by_shutdown(world: World) -> None:
+    await world.stop()
+
+
+async def by_eviction(world: World) -> None:
+    # The client does not read while this runs (no checkpoint): large
+    # broadcasts fill the socket, then the queue, and it is evicted.
+    (client,) = world.hub.clients
     while not client.closed:
-        hub.broadcast(Message("big", BIG))
+        world.hub.broadcast(Message("big", BIG))
     await trio.lowlevel.checkpoint()
 
 
-async def by_keepalive_timeout(hub: Hub, server: HubServer) -> None:
+async def by_keepalive_timeout(world: World) -> None:
     # The client never answers pings: the keepalive closes it by itself.
     await trio.lowlevel.checkpoint()
 
 
-Scenario = tuple[Callable[[Hub, HubServer], Awaitable[None]], dict[str, Any], int]
+Scenario = tuple[Callable[[World], Awaitable[None]], dict[str, Any], int]
 SCENARIOS: dict[str, Scenario] = {
     "shutdown": (by_shutdown, {"ping_interval": None}, CloseCode.GOING_AWAY),
     "eviction": (by_eviction, {"ping_interval": None, "queue_size": 4}, CloseCode.SLOW_CLIENT),
@@ -125,32 +173,31 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
+@pytest.mark.parametrize("served_by", list(SERVERS))
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_pings_while_the_hub_closes_a_client_never_cause_an_error(
-    scenario: str, caplog: pytest.LogCaptureFixture
+    scenario: str, served_by: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     close_it, hub_settings, expected_code = SCENARIOS[scenario]
     caplog.set_level(logging.INFO)
     with trio.fail_after(TIME_LIMIT):
-        async with open_hub(**hub_settings) as hub, trio.open_nursery() as nursery:
-            server: HubServer = await nursery.start(partial(serve_hub, hub, "127.0.0.1", 0))
-            raw = await RawWebSocket.connect(server.port, "/")
+        async with SERVERS[served_by](hub_settings) as world:
+            raw = await RawWebSocket.connect(world.port, "/")
             try:
                 pinger = TightPinger(raw, answer_pings=scenario != "keepalive timeout")
                 async with trio.open_nursery() as clients:
                     clients.start_soon(pinger.run)
                     await pinger.pinging.wait()
-                    while len(hub) < 1:  # noqa: ASYNC110 (registration has no event)
+                    while len(world.hub) < 1:  # noqa: ASYNC110 (registration has no event)
                         await trio.sleep(0.001)
-                    await close_it(hub, server)
-                    await pinger.closed.wait()
-                # The connection ended as a whole: nothing of it is left.
-                while server.connections:  # noqa: ASYNC110 (no event for this count)
+                    await close_it(world)
+                # The server has read every late ping (its EOF came after them)
+                # and the connection ended as a whole: nothing of it is left.
+                while world.handlers():  # noqa: ASYNC110 (no event for this count)
                     await trio.sleep(0.001)
-                statistics = hub.statistics()
+                statistics = world.hub.statistics()
             finally:
                 await raw.aclose()
-            await server.aclose()
 
     assert pinger.close_code == expected_code
     assert pinger.pings_sent > 0

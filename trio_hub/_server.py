@@ -14,9 +14,7 @@ from typing import Final, final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
-import wsproto
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
-from wsproto.connection import ConnectionState
+from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, HubError
@@ -376,7 +374,9 @@ async def _upgrade_and_serve(
         hub_stream = HubStream(stream, replay=raw, nursery=nursery, coalescer=policy.coalescer)
         with trio.move_on_at(deadline) as accept_scope:
             try:
-                request = await _wrap_server_stream(nursery, hub_stream, policy.max_message_size)
+                request = await wrap_server_stream(
+                    nursery, hub_stream, max_message_size=policy.max_message_size
+                )
                 connection = await request.accept()
             except ConnectionClosed:
                 # The peer went away before our 101 response went out.
@@ -413,32 +413,6 @@ async def _upgrade_and_serve(
         # the close is seen), and it ends by itself once the socket is closed.
         # Bounded all the same; server shutdown cancels it at once.
         nursery.cancel_scope.deadline = trio.current_time() + _RESPONSE_TIMEOUT
-
-
-class _ServedConnection(WebSocketConnection):
-    # trio-websocket issue #184 (its fix, PR #198, is not merged): once our
-    # close frame is out (wsproto's LOCAL_CLOSING), a ping from the peer made
-    # the reader answer with a pong that wsproto refuses, and the
-    # LocalProtocolError ended the connection's task. A closing endpoint owes
-    # no pong (RFC 6455 5.5.1: after a close frame, nothing more is sent).
-    async def _handle_ping_event(self, event: wsproto.events.Ping) -> None:
-        if self._wsproto.state is ConnectionState.OPEN:
-            await super()._handle_ping_event(event)
-        else:
-            await trio.lowlevel.checkpoint()
-
-
-async def _wrap_server_stream(
-    nursery: trio.Nursery, stream: trio.abc.Stream, max_message_size: int
-) -> WebSocketRequest:
-    # trio_websocket.wrap_server_stream(), with the connection class above.
-    connection = _ServedConnection(
-        stream,
-        wsproto.WSConnection(wsproto.ConnectionType.SERVER),
-        max_message_size=max_message_size,
-    )
-    nursery.start_soon(connection._reader_task)
-    return await connection._get_request()
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:
