@@ -32,12 +32,29 @@ class _ClientConnection(WebSocketConnection):
             await trio.lowlevel.checkpoint()
 
 
+# For clients that must answer pings however far behind their reading is.
+READ_AHEAD = 1_000_000
+
+
 async def connect_websocket(
-    nursery: trio.Nursery, host: str, port: int, resource: str, *, use_ssl: bool = False
+    nursery: trio.Nursery,
+    host: str,
+    port: int,
+    resource: str,
+    *,
+    use_ssl: bool = False,
+    message_queue_size: int = 1,
 ) -> WebSocketConnection:
     """An open client connection whose background reader runs in ``nursery``.
 
     Like :func:`trio_websocket.connect_websocket`, the caller closes it.
+
+    trio-websocket's reader answers pings in stream order, and stops reading
+    while ``message_queue_size`` messages (1, as trio-websocket's default) wait
+    for ``get_message()``. So a pong waits for the application to take every
+    message that came before its ping: a client that lags by seconds on a busy
+    machine fails the hub's keepalive. A browser answers pings in its network
+    layer, whatever the page does; :data:`READ_AHEAD` lets the reader do so too.
     """
     if use_ssl:
         raise ValueError("the tests speak plain ws:// on loopback")
@@ -47,6 +64,7 @@ async def connect_websocket(
         wsproto.WSConnection(wsproto.ConnectionType.CLIENT),
         host=f"{host}:{port}",
         path=resource,
+        message_queue_size=message_queue_size,
     )
     nursery.start_soon(connection._reader_task)
     await connection._open_handshake.wait()

@@ -24,7 +24,7 @@ from trio_websocket import WebSocketConnection
 
 from trio_hub import Hub, JSONValue, Message, protocol_handler
 
-from ..wsclient import connect_websocket
+from ..wsclient import READ_AHEAD, connect_websocket
 from .conftest import Mode
 from .support import reset, rss, running, task_count, wait_until, wire
 
@@ -33,10 +33,14 @@ KEEPERS = 4
 BROADCAST_PERIOD = 0.005  # seconds between rounds: a steady load that keepers keep up with
 # The broadcaster is never more than this many rounds ahead of the slowest
 # keeper. A fixed rate alone is a bet on the machine's speed: where the CPU is
-# short, keepers fall behind by seconds, and the hub's pings, which queue
-# behind the messages, go unanswered for longer than pong_timeout (4001). The
-# window makes the load follow the keepers instead, whatever the machine.
-KEEPER_WINDOW = 50
+# short, keepers fall behind by seconds, and the hub's pings, which a keeper
+# reads in stream order behind every message sent before them, go unanswered
+# for longer than pong_timeout (4001). Measured on a starved machine (load 11
+# on 2 cores, pinned to a shared core): keepers read 40 messages a second, so
+# a window of 50 rounds (250 messages) still meant 6 s pongs. With a window of
+# a few rounds, the data in flight, and so the pong's wait, stays small, and
+# the load follows the keepers whatever the machine.
+KEEPER_WINDOW = 4
 MIB = 1024 * 1024
 # RSS may grow this much from the end of warm-up to the end. Justification,
 # from measurements on this suite: a departed connection that stays referenced
@@ -179,7 +183,12 @@ class Keeper:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             connection = await connect_websocket(
-                nursery, "127.0.0.1", self.port, f"/keeper/{self.name}", use_ssl=False
+                nursery,
+                "127.0.0.1",
+                self.port,
+                f"/keeper/{self.name}",
+                # It answers the hub's pings as they arrive (see wsclient.py).
+                message_queue_size=READ_AHEAD,
             )
             try:
                 for topic in TOPICS:
