@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import trio
+import wsproto
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.connection import ConnectionState
 
 from ._closecodes import CloseCode
 from ._errors import TransportClosed
@@ -83,6 +85,7 @@ class WebSocketTransport:
 
     def __init__(self, connection: WebSocketConnection) -> None:
         self._connection = connection
+        _send_no_pong_after_close(connection)
 
     @property
     def connection(self) -> WebSocketConnection:
@@ -130,6 +133,32 @@ class WebSocketTransport:
     def __repr__(self) -> str:
         remote = self._connection.remote
         return f"<WebSocketTransport {remote}>"
+
+
+def _send_no_pong_after_close(connection: WebSocketConnection) -> None:
+    """Make ``connection`` drop the pongs it would send after its own close frame.
+
+    trio-websocket issue #184 (its fix, PR #198, is not merged): a ping that
+    arrives once the connection has sent its close frame (wsproto's
+    ``LOCAL_CLOSING``: the hub closed it for shutdown, eviction or a keepalive
+    timeout) is answered with a pong that wsproto refuses, and the
+    ``LocalProtocolError`` escapes the connection's reader task, which ends
+    the connection's nursery (with trio-websocket's own server, the whole
+    server). After a close frame an endpoint sends nothing more (RFC 6455,
+    5.5.1), so the pong is simply not sent. trio-websocket's reader looks
+    ``_send`` up at each call, so wrapping it on the instance is enough.
+    """
+    send = connection._send
+
+    async def send_unless_a_late_pong(event: wsproto.events.Event) -> None:
+        if isinstance(event, wsproto.events.Pong) and (
+            connection._wsproto.state is not ConnectionState.OPEN
+        ):
+            await trio.lowlevel.checkpoint()
+            return
+        await send(event)
+
+    connection._send = send_unless_a_late_pong  # type: ignore[method-assign]
 
 
 def transport_closed(exc: ConnectionClosed) -> TransportClosed:
