@@ -16,8 +16,15 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from trio_hub import Hub
-from trio_hub.asgi import ASGIReceive, ASGISend, HubLifespan, asgi_transport
+from trio_hub import Hub, HubClosedError
+from trio_hub.asgi import (
+    ASGIReceive,
+    ASGISend,
+    HubLifespan,
+    QuartTrioHub,
+    asgi_transport,
+    quart_transport,
+)
 
 
 @asynccontextmanager
@@ -34,9 +41,7 @@ async def hypercorn_serving(app: Any, **config: Any) -> AsyncIterator[int]:
         setattr(settings, name, value)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            partial(serve, app, settings, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-        )
+        binds = await nursery.start(partial(serve, app, settings, shutdown_trigger=stop.wait))
         yield int(binds[0].rsplit(":", 1)[1])
         stop.set()
 
@@ -55,7 +60,26 @@ def hub_app(**hub_settings: Any) -> HubLifespan:
         query = parse_qs(scope["query_string"].decode())
         topics = [topic for topic in scope["path"].strip("/").split(",") if topic]
         identity = query["name"][0] if "name" in query else scope["path"]
-        transport = await asgi_transport(hub, scope, receive, send)
+        try:
+            transport = await asgi_transport(hub, scope, receive, send)
+        except HubClosedError:
+            return  # refused: Hypercorn answered 403
         await hub.serve_client(transport, topics=topics, identity=identity)
 
     return HubLifespan(app, **hub_settings)
+
+
+def quart_hub_app(**hub_settings: Any) -> tuple[Any, QuartTrioHub]:
+    """A Quart-Trio app whose endpoint ``/ws/<name>`` hands every client to one hub."""
+    from quart import websocket
+    from quart_trio import QuartTrio
+
+    app = QuartTrio(__name__)
+    hub_of_app = QuartTrioHub(app, **hub_settings)
+
+    @app.websocket("/ws/<name>")
+    async def ws(name: str) -> None:
+        hub = hub_of_app.hub
+        await hub.serve_client(await quart_transport(hub, websocket), identity=name)
+
+    return app, hub_of_app

@@ -37,6 +37,7 @@ SERVERS = {"chat_server.py"}
 
 # Examples that are not scripts, and the test module that runs them.
 TESTED_ELSEWHERE = {
+    "quart_trio_app.py": "tests/test_asgi.py",
     "chat_app.py": "tests/test_plugin.py",
     "test_chat_app.py": "tests/test_plugin.py",
     "redis_node.py": "tests/test_cli_redis.py",
