@@ -6,6 +6,7 @@ Every server binds 127.0.0.1 on port 0, every client is a real WebSocket client
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +22,8 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from hypercorn.config import Config
+from hypercorn.trio import serve
 from trio_websocket import WebSocketConnection
 
 from trio_hub import Client, CloseCode, Hub, Message, open_hub, protocol_handler
@@ -197,11 +201,6 @@ async def test_an_app_without_lifespan_support_still_gets_its_hub() -> None:
 async def test_the_shutdown_trigger_drains_every_client_before_hypercorn_stops() -> None:
     app = hub_app()
     stop = trio.Event()
-    from functools import partial
-
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
@@ -381,3 +380,33 @@ async def partial_run_process(
         check=False,
         task_status=task_status,
     )
+
+
+def load_example(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLE.parent / name)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_the_plain_asgi_example_serves_its_page_and_the_wire_protocol() -> None:
+    example = load_example("plain_asgi_app.py")
+    with trio.fail_after(LIMIT):
+        async with hypercorn_serving(example.hub_app) as port:
+            async with httpx.AsyncClient() as http:
+                page = await http.get(f"http://127.0.0.1:{port}/")
+            assert page.text == "trio_hub on plain ASGI\n"
+            async with open_client(port) as alice, open_client(port, "/other") as bob:
+                await alice.send_message(Message("broadcast", "hi").text)
+                for connection in (alice, bob):
+                    assert Message.decode(await connection.get_message()) == Message(
+                        "broadcast", "hi"
+                    )
+                assert json.loads(await alice.get_message())["listenerCount"] == 2
+                hub: Hub = example.hub_app.hub
+                hub.broadcast(Message("bye"))
+                await hub.aclose()
+                for connection in (alice, bob):
+                    assert await read_until_closed(connection) == ([None], CloseCode.GOING_AWAY)

@@ -1,15 +1,12 @@
 """A hub for ASGI apps on Trio: Quart-Trio, or any ASGI app served by Hypercorn's Trio worker.
 
-An ASGI WebSocket endpoint hands its connection to the hub in one call::
-
-    transport = await asgi_transport(hub, scope, receive, send)   # plain ASGI
-    transport = await quart_transport(hub, websocket)             # Quart-Trio
-    await hub.serve_client(transport)
-
-and the hub lives as long as the app serves: :class:`HubLifespan` runs it in
-a plain ASGI app's lifespan, :class:`QuartTrioHub` in a Quart-Trio app's
-``before_serving``/``after_serving``. See :doc:`/howto/quart-trio` for the
-whole story; in short:
+An ASGI WebSocket endpoint accepts its connection with :func:`asgi_transport`
+(plain ASGI) or :func:`quart_transport` (Quart-Trio) and passes the transport
+to :meth:`Hub.serve_client <trio_hub.Hub.serve_client>`; the hub lives as long
+as the app serves: :class:`HubLifespan` runs it in a plain ASGI app's
+lifespan, :class:`QuartTrioHub` in a Quart-Trio app's ``before_serving`` and
+``after_serving``. :doc:`/howto/quart-trio` walks through an app of each kind
+(``docs/examples/quart_trio_app.py`` and ``plain_asgi_app.py``); in short:
 
 Lifetime:
     The hub opens when the server starts the app (the ASGI lifespan
@@ -69,6 +66,7 @@ if TYPE_CHECKING:
     from .testing import HubSettings
 
 __all__ = [
+    "ASGIApp",
     "ASGIReceive",
     "ASGIScope",
     "ASGISend",
@@ -91,7 +89,8 @@ ASGIReceive: TypeAlias = "Callable[[], Awaitable[Any]]"
 ASGISend: TypeAlias = "Callable[[Any], Awaitable[None]]"
 """The ASGI ``send`` callable: takes an event, a ``dict``."""
 
-_ASGIApp: TypeAlias = "Callable[[Any, ASGIReceive, ASGISend], Awaitable[None]]"
+ASGIApp: TypeAlias = "Callable[[Any, ASGIReceive, ASGISend], Awaitable[None]]"
+"""An ASGI 3 application, called as ``await app(scope, receive, send)``."""
 
 
 class QuartWebsocket(Protocol):
@@ -146,7 +145,7 @@ class ASGITransport(metaclass=NoPublicConstructor):
     """
 
     can_ping: ClassVar[bool] = False
-    """The hub's keepalive skips this transport: the ASGI server pings, if anyone does."""
+    """Always ``False``, so the hub's keepalive skips this transport (the server pings)."""
 
     __slots__ = (
         "_aborted",
@@ -363,14 +362,10 @@ async def asgi_transport(
 ) -> ASGITransport:
     """Accept an ASGI WebSocket connection and return its transport, for ``hub``.
 
-    Call it from an ASGI app for a ``"websocket"`` scope, then pass the result
-    to :meth:`Hub.serve_client <trio_hub.Hub.serve_client>` and return when
-    that does::
-
-        async def app(scope, receive, send):
-            if scope["type"] == "websocket":
-                transport = await asgi_transport(hub, scope, receive, send)
-                await hub.serve_client(transport)
+    Call it from an ASGI app for a ``"websocket"`` scope, pass the result to
+    :meth:`Hub.serve_client <trio_hub.Hub.serve_client>`, and return when that
+    does (``docs/examples/plain_asgi_app.py`` does exactly this). Returning
+    matters: Hypercorn closes the socket only once the app has returned.
 
     It waits for ``websocket.connect`` and answers ``websocket.accept``.
 
@@ -440,12 +435,9 @@ async def quart_transport(
 ) -> ASGITransport:
     """Accept a Quart-Trio WebSocket and return its transport, for ``hub``.
 
-    Call it from a ``@app.websocket`` endpoint with Quart's ``websocket``, then
-    pass the result to :meth:`Hub.serve_client <trio_hub.Hub.serve_client>`::
-
-        @app.websocket("/ws")
-        async def ws() -> None:
-            await hub.serve_client(await quart_transport(hub, websocket))
+    Call it from a ``@app.websocket`` endpoint with Quart's ``websocket``,
+    pass the result to :meth:`Hub.serve_client <trio_hub.Hub.serve_client>`,
+    and return when that does (as ``docs/examples/quart_trio_app.py`` does).
 
     Quart-Trio cancels the endpoint when the peer disconnects, and does not
     tell it the peer's close code: such a client is recorded as closed with
@@ -505,7 +497,7 @@ class _AppHub:
     ) -> Callable[[], Awaitable[None]]:
         """Wrap Hypercorn's ``shutdown_trigger`` so that the hub shuts down first.
 
-        Pass the result to :func:`hypercorn.trio.serve`: once ``trigger``
+        Pass the result to ``hypercorn.trio.serve()``: once ``trigger``
         returns, the hub drains every client's queue and closes each with 1001
         (:meth:`~trio_hub.Hub.aclose`), the endpoints return, and only then
         does Hypercorn stop.
@@ -538,10 +530,9 @@ class HubLifespan(_AppHub):
     protocol), and at ``shutdown`` it passes the shutdown on and then shuts
     the hub down. Every other scope goes to ``app`` unchanged. Between the
     two, the hub is :attr:`hub`, and also ``scope["state"]["trio_hub"]`` in
-    every connection's scope (the ASGI lifespan state)::
-
-        lifespan = HubLifespan(app, on_message=protocol_handler)
-        await hypercorn.trio.serve(lifespan, config)
+    every connection's scope (the ASGI lifespan state). Serve the
+    ``HubLifespan``, not ``app``, with Hypercorn (see
+    ``docs/examples/plain_asgi_app.py``).
 
     Args:
         app: The ASGI app to serve.
@@ -550,7 +541,7 @@ class HubLifespan(_AppHub):
     .. versionadded:: 0.2
     """
 
-    def __init__(self, app: _ASGIApp, **settings: Unpack[HubSettings]) -> None:
+    def __init__(self, app: ASGIApp, **settings: Unpack[HubSettings]) -> None:
         super().__init__(settings)
         self._app = app
 
@@ -595,7 +586,7 @@ class _InnerLifespan:
 
     @classmethod
     async def run(
-        cls, app: _ASGIApp, scope: Any, *, task_status: trio.TaskStatus[_InnerLifespan]
+        cls, app: ASGIApp, scope: Any, *, task_status: trio.TaskStatus[_InnerLifespan]
     ) -> None:
         inner = cls()
         task_status.started(inner)
@@ -630,15 +621,8 @@ class QuartTrioHub(_AppHub):
 
     It registers a ``before_serving`` function that opens the hub in the
     app's nursery (``app.nursery``, which Quart-Trio opens for the app's
-    lifespan), and an ``after_serving`` one that shuts it down::
-
-        app = QuartTrio(__name__)
-        hub_of_app = QuartTrioHub(app, on_message=protocol_handler)
-
-        @app.websocket("/ws")
-        async def ws() -> None:
-            hub = hub_of_app.hub
-            await hub.serve_client(await quart_transport(hub, websocket))
+    lifespan), and an ``after_serving`` one that shuts it down; endpoints use
+    :attr:`hub` in between (see ``docs/examples/quart_trio_app.py``).
 
     Args:
         app: A ``quart_trio.QuartTrio`` app (typed loosely, so that this
