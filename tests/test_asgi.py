@@ -24,6 +24,7 @@ import trio
 import trio.testing
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.utils import LifespanFailureError
 from trio_websocket import WebSocketConnection
 
 from trio_hub import Client, CloseCode, Hub, Message, open_hub, protocol_handler
@@ -235,6 +236,17 @@ async def test_a_closed_hub_refuses_the_handshake() -> None:
             async with httpx.AsyncClient() as http:
                 refused = await http.get(f"http://127.0.0.1:{port}/", headers=upgrade)
             assert refused.status_code == 403
+
+
+async def test_a_hub_that_cannot_open_fails_the_servers_startup() -> None:
+    app = hub_app(queue_size=0)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    failure = pytest.RaisesExc(LifespanFailureError, match="queue_size must be")
+    with trio.fail_after(LIMIT), pytest.RaisesGroup(failure, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, app, config)
 
 
 def test_the_hub_is_unavailable_before_the_app_starts() -> None:

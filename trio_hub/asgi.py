@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeAlias, Unpack, final
 
 import trio
@@ -553,13 +553,23 @@ class HubLifespan(_AppHub):
         event = await receive()
         if event["type"] != "lifespan.startup":
             return
-        async with self._open() as hub, trio.open_nursery() as nursery:
+        async with AsyncExitStack() as stack:
+            try:
+                hub = await stack.enter_async_context(self._open())
+            except Exception as exc:
+                # A hub that cannot open (a bad setting, a backend that is
+                # down) fails the server's startup, rather than leaving it
+                # without a hub.
+                await send({"type": "lifespan.startup.failed", "message": f"trio_hub: {exc}"})
+                return
+            nursery = await stack.enter_async_context(trio.open_nursery())
             state = scope.get("state")
             if state is not None:
                 state["trio_hub"] = hub
             inner = await nursery.start(_InnerLifespan.run, self._app, scope)
             failure = await inner.tell("lifespan.startup")
             if failure is not None:
+                nursery.cancel_scope.cancel()
                 await send({"type": "lifespan.startup.failed", "message": failure})
                 return
             await send({"type": "lifespan.startup.complete"})
