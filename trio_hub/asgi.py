@@ -50,6 +50,7 @@ Backpressure:
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, TypeAlias, Unpack, final
@@ -132,11 +133,15 @@ class ASGITransport(metaclass=NoPublicConstructor):
     """A :class:`~trio_hub.Transport` over one accepted ASGI WebSocket connection.
 
     Get one from :func:`asgi_transport` or :func:`quart_transport`, and pass it
-    to :meth:`~trio_hub.Hub.serve_client`. It has no non-blocking write path:
-    every message goes through the client's queue and writer, and one sender
-    task (in the hub's nursery, started at the first write) makes the ASGI
-    ``send`` calls, so that ``write_timeout`` bounds the hub's wait even though
-    the server's ``send`` cannot be interrupted (see :mod:`trio_hub.asgi`).
+    to :meth:`~trio_hub.Hub.serve_client`. One sender task per connection (in
+    the hub's nursery, started at the first write) makes the ASGI ``send``
+    calls, so that ``write_timeout`` bounds the hub's wait even though the
+    server's ``send`` cannot be interrupted (see :mod:`trio_hub.asgi`).
+
+    Its non-blocking write path: while the sender is idle and holds nothing,
+    :meth:`send_nowait` hands it the message and returns ``True`` (one message
+    at most, like a socket buffer); otherwise the message waits in the client's
+    queue, and the client's writer passes it on with :meth:`send_batch`.
 
     Keepalive is the server's: ``can_ping`` is ``False``, and the hub never
     calls :meth:`ping`.
@@ -149,26 +154,35 @@ class ASGITransport(metaclass=NoPublicConstructor):
 
     __slots__ = (
         "_aborted",
-        "_batches",
         "_closing",
         "_connection",
         "_description",
         "_disconnect",
         "_failure",
-        "_inbox",
         "_nursery",
+        "_outbox",
         "_sender_done",
         "_sender_started",
+        "_sending",
+        "_taken",
+        "_waiter",
+        "_wakeup",
+        "_written",
     )
 
     def __init__(self, connection: _Connection, nursery: trio.Nursery, description: str) -> None:
         self._connection = connection
         self._nursery = nursery
         self._description = description
-        # One batch at a time: the writer hands it over, the sender writes it.
-        self._batches, self._inbox = trio.open_memory_channel[tuple[Sequence[Message], trio.Event]](
-            0
-        )
+        # What the sender owns and has not written yet, oldest first.
+        self._outbox: deque[Message] = deque()
+        # Messages handed to the sender, and written by it, since the start.
+        self._taken = 0
+        self._written = 0
+        self._sending = False
+        # send_batch() waits for _written to reach a count.
+        self._waiter: tuple[int, trio.Event] | None = None
+        self._wakeup = trio.Event()
         self._sender_started = False
         self._sender_done = trio.Event()
         self._closing = False
@@ -197,17 +211,29 @@ class ASGITransport(metaclass=NoPublicConstructor):
         self._raise_if_gone()
         if self._closing:
             raise TransportClosed(None)
-        if not self._sender_started:
-            self._sender_started = True
-            self._nursery.start_soon(self._run_sender, name=f"trio_hub sender {self!r}")
-        done = trio.Event()
-        await self._batches.send((messages, done))
-        await done.wait()
+        self._hand_over(messages)
+        written = trio.Event()
+        self._waiter = (self._taken, written)
+        await written.wait()
         self._raise_if_gone()
 
     def send_nowait(self, message: Message) -> bool:
-        """See :meth:`trio_hub.Transport.send_nowait`; always ``False`` (ASGI ``send`` is async)."""
-        return False
+        """See :meth:`trio_hub.Transport.send_nowait`.
+
+        Returns:
+            ``True`` if the sender was idle and took ``message``; ``False`` if
+            it is busy (the hub then queues the message).
+        """
+        if (
+            self._outbox
+            or self._sending
+            or self._closing
+            or self._disconnect is not None
+            or self._failure is not None
+        ):
+            return False
+        self._hand_over((message,))
+        return True
 
     async def ping(self) -> None:
         """Not available over ASGI; the hub never calls it (``can_ping`` is ``False``).
@@ -272,11 +298,19 @@ class ASGITransport(metaclass=NoPublicConstructor):
 
     # ------------------------------------------------------------ the sender
 
+    def _hand_over(self, messages: Sequence[Message]) -> None:
+        self._outbox.extend(messages)
+        self._taken += len(messages)
+        if not self._sender_started:
+            self._sender_started = True
+            self._nursery.start_soon(self._run_sender, name=f"trio_hub sender {self!r}")
+        self._wakeup.set()
+
     def _stop_sender(self) -> None:
+        # The sender writes what it holds (or, aborted, stops between frames),
+        # then ends; nothing is handed to it after this.
         self._closing = True
-        # The sender finishes the batch in hand (or, aborted, stops between
-        # frames), then ends; nothing is handed to it after this.
-        self._batches.close()
+        self._wakeup.set()
 
     def _raise_if_gone(self) -> None:
         if self._disconnect is not None:
@@ -289,24 +323,43 @@ class ASGITransport(metaclass=NoPublicConstructor):
         # which the hub does for every client it registered. A write that the
         # server blocks on (a peer that stopped reading) ends when the server
         # closes the socket, after abort() and the endpoint's return.
+        outbox = self._outbox
+        send = self._connection.send
         try:
             with trio.CancelScope(shield=True):
-                async with self._inbox:
-                    async for messages, done in self._inbox:
+                while True:
+                    # Made before looking, so that a hand-over while we write
+                    # is never missed.
+                    self._wakeup = trio.Event()
+                    while outbox and not self._aborted and self._failure is None:
+                        message = outbox.popleft()
+                        self._sending = True
                         try:
-                            for message in messages:
-                                if self._aborted or self._failure is not None:
-                                    break
-                                await self._connection.send(message.text)
+                            await send(message.text)
                         except Exception as exc:
                             # The hub learns of it at its next write; the
                             # reader learns that the peer left from the server.
                             logger.debug("%r: send failed", self, exc_info=True)
                             self._failure = exc
                         finally:
-                            done.set()
+                            self._sending = False
+                        self._written += 1
+                        self._wake_waiter()
+                    if self._aborted or self._failure is not None:
+                        outbox.clear()
+                        self._written = self._taken
+                        self._wake_waiter()
+                    if self._closing and not outbox:
+                        return
+                    await self._wakeup.wait()
         finally:
             self._sender_done.set()
+
+    def _wake_waiter(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and self._written >= waiter[0]:
+            self._waiter = None
+            waiter[1].set()
 
 
 class _Disconnected(Exception):
