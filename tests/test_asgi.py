@@ -27,8 +27,8 @@ from hypercorn.trio import serve
 from hypercorn.utils import LifespanFailureError
 from trio_websocket import WebSocketConnection
 
-from trio_hub import Client, CloseCode, Hub, Message, open_hub, protocol_handler
-from trio_hub.asgi import ASGIReceive, ASGISend, HubLifespan, asgi_transport
+from trio_hub import Client, CloseCode, Hub, Message, TransportClosed, open_hub, protocol_handler
+from trio_hub.asgi import ASGIReceive, ASGISend, ASGITransport, HubLifespan, asgi_transport
 from trio_hub.testing import MemoryTransport, memory_connection
 
 from .asgiws import hub_app, hypercorn_serving, quart_hub_app
@@ -94,7 +94,8 @@ async def test_a_client_that_stops_reading_is_cut_off_within_write_timeout(
             # pile up behind. Stop well before the queue is full, so that only
             # write_timeout can end it.
             sent = 0
-            while slow_side.statistics().queued < 32:
+            # (On a starved machine one write may already outlast write_timeout.)
+            while slow_side.statistics().queued < 32 and not slow_side.closed:
                 hub.broadcast(Message("blob", {"n": sent, "blob": BLOB}))
                 sent += 1
                 # Alice keeps up: she reads everything as it comes.
@@ -422,3 +423,68 @@ async def test_the_plain_asgi_example_serves_its_page_and_the_wire_protocol() ->
                 await hub.aclose()
                 for connection in (alice, bob):
                     assert await read_until_closed(connection) == ([None], CloseCode.GOING_AWAY)
+
+
+# ------------------------------------------------ the sender, without a server
+
+
+class BlockingConnection:
+    """A fake ASGI connection whose sends block until the test lets them through."""
+
+    reports_disconnect = False
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closes: list[int] = []
+        self.gate = trio.Event()
+
+    async def receive(self) -> str | bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(self, text: str) -> None:
+        await self.gate.wait()
+        self.sent.append(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self.closes.append(code)
+
+
+async def test_the_sender_takes_one_message_at_once_and_keeps_the_order() -> None:
+    connection = BlockingConnection()
+    async with trio.open_nursery() as nursery:
+        transport = ASGITransport._create(connection, nursery, "fake")
+        assert transport.send_nowait(Message("n", 0))
+        # Busy now (holding one message): the hub must queue the next ones.
+        assert not transport.send_nowait(Message("n", 1))
+        nursery.start_soon(transport.send_batch, [Message("n", 1), Message("n", 2)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert connection.sent == []
+        connection.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert [Message.decode(text).payload for text in connection.sent] == [0, 1, 2]
+        assert transport.send_nowait(Message("n", 3))
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(connection.sent) == 4
+        # The sender is shielded: it ends when the transport closes.
+        await transport.close(CloseCode.NORMAL, "")
+    assert connection.closes == [CloseCode.NORMAL]
+
+
+async def test_an_aborted_transport_writes_nothing_more_and_its_sender_ends() -> None:
+    connection = BlockingConnection()
+    async with trio.open_nursery() as nursery:
+        transport = ASGITransport._create(connection, nursery, "fake")
+        assert transport.send_nowait(Message("n", 0))
+        nursery.start_soon(transport.send_batch, [Message("n", 1)])
+        await trio.testing.wait_all_tasks_blocked()
+        # The write in progress cannot be taken back; what waits behind it is
+        # dropped, and the server is told that the app closed.
+        await transport.abort()
+        assert connection.closes == []  # the pre-cancelled close wrote nothing
+        connection.gate.set()
+    assert [Message.decode(text).payload for text in connection.sent] == [0]
+    with pytest.raises(TransportClosed):
+        await transport.send_batch([Message("n", 2)])
+    assert not transport.send_nowait(Message("n", 3))
