@@ -35,9 +35,10 @@ Backpressure:
     buffer, and it shields that write from cancellation: an ASGI ``send`` to a
     peer that stopped reading blocks, and nothing can interrupt it. So an
     :class:`ASGITransport` never makes the hub wait on ``send``: one sender task
-    per connection, in the hub's nursery, writes what the client's writer
-    hands it, and the writer waits for it only as long as ``write_timeout``
-    allows. Past that, the client is evicted with 4000 as on any transport,
+    per connection, in the hub's nursery, makes the ``send`` calls. A broadcast
+    hands an idle sender one message at once; the rest waits in the client's
+    queue, and the client's writer hands it over and waits for the sender
+    only as long as ``write_timeout`` allows. Past that, the client is evicted with 4000 as on any transport,
     and the transport is aborted: Hypercorn is told that the app closed (so
     that it writes nothing more), and once the endpoint returns Hypercorn
     closes the socket, which ends the blocked write. The queue bound, the
