@@ -221,6 +221,38 @@ async def test_the_shutdown_trigger_drains_every_client_before_hypercorn_stops()
     assert app.hub.closed
 
 
+@pytest.mark.parametrize("app_kind", ["plain ASGI", "Quart-Trio"])
+async def test_without_the_trigger_hypercorns_shutdown_closes_clients_with_1001(
+    app_kind: str,
+) -> None:
+    # Hypercorn cancels its connections graceful_timeout seconds after its
+    # shutdown starts; each cancelled endpoint closes its client with 1001,
+    # and the hub itself shuts down afterwards, at the lifespan shutdown.
+    # Hypercorn reads nothing more by then, so over raw ASGI the close waits
+    # close_timeout for the peer's answer in vain (kept short here).
+    if app_kind == "plain ASGI":
+        lifespan = hub_app(close_timeout=0.5)
+        app: Any = lifespan
+        path = "/?name=alice"
+    else:
+        app, lifespan = quart_hub_app(close_timeout=0.5)
+        path = "/ws/alice"
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.graceful_timeout = 0.2
+    stop = trio.Event()
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(serve, app, config, shutdown_trigger=stop.wait))
+            port = int(binds[0].rsplit(":", 1)[1])
+            async with open_client(port, path) as alice:
+                await registered(lifespan.hub, "alice")
+                stop.set()
+                assert await read_until_closed(alice) == ([], CloseCode.GOING_AWAY)
+    assert lifespan.hub.closed
+
+
 async def test_a_closed_hub_refuses_the_handshake() -> None:
     app = hub_app()
     with trio.fail_after(LIMIT):

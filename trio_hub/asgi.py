@@ -38,11 +38,12 @@ Backpressure:
     per connection, in the hub's nursery, makes the ``send`` calls. A broadcast
     hands an idle sender one message at once; the rest waits in the client's
     queue, and the client's writer hands it over and waits for the sender
-    only as long as ``write_timeout`` allows. Past that, the client is evicted with 4000 as on any transport,
-    and the transport is aborted: Hypercorn is told that the app closed (so
-    that it writes nothing more), and once the endpoint returns Hypercorn
-    closes the socket, which ends the blocked write. The queue bound, the
-    slow-client policy and ``write_timeout`` therefore hold as they do for
+    only as long as ``write_timeout`` allows. Past that, the client is
+    evicted with 4000 as on any transport, and the transport is aborted:
+    Hypercorn is told that the app closed (so that it writes nothing more),
+    and once the endpoint returns Hypercorn closes the socket, which ends the
+    blocked write. The queue bound, the slow-client policy and
+    ``write_timeout`` therefore hold as they do for
     :func:`~trio_hub.serve_hub`, with the socket's buffers in the server.
 
 .. versionadded:: 0.2
