@@ -28,7 +28,14 @@ from hypercorn.utils import LifespanFailureError
 from trio_websocket import WebSocketConnection
 
 from trio_hub import Client, CloseCode, Hub, Message, TransportClosed, open_hub, protocol_handler
-from trio_hub.asgi import ASGIReceive, ASGISend, ASGITransport, HubLifespan, asgi_transport
+from trio_hub.asgi import (
+    ASGIReceive,
+    ASGISend,
+    ASGITransport,
+    HubLifespan,
+    QuartTrioHub,
+    asgi_transport,
+)
 from trio_hub.testing import MemoryTransport, memory_connection
 
 from .asgiws import hub_app, hypercorn_serving, quart_hub_app
@@ -230,6 +237,7 @@ async def test_without_the_trigger_hypercorns_shutdown_closes_clients_with_1001(
     # and the hub itself shuts down afterwards, at the lifespan shutdown.
     # Hypercorn reads nothing more by then, so over raw ASGI the close waits
     # close_timeout for the peer's answer in vain (kept short here).
+    lifespan: HubLifespan | QuartTrioHub
     if app_kind == "plain ASGI":
         lifespan = hub_app(close_timeout=0.5)
         app: Any = lifespan
