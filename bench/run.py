@@ -117,6 +117,20 @@ SERVERS: dict[str, ServerSpec] = {
             _trio_hub_unavailable,
         ),
         ServerSpec(
+            "trio_hub_asgi",
+            [PYTHON, str(BENCH / "servers" / "trio_hub_asgi.py"), "--port", "0"],
+            "trio_hub.asgi: a plain ASGI app on Hypercorn's Trio worker, protocol_handler",
+            lambda: None if importlib.util.find_spec("hypercorn") else "hypercorn is not installed",
+        ),
+        ServerSpec(
+            "trio_hub_quart",
+            [PYTHON, str(BENCH / "servers" / "trio_hub_asgi.py"), "--port", "0", "--quart"],
+            "trio_hub.asgi: a Quart-Trio endpoint on Hypercorn's Trio worker, protocol_handler",
+            lambda: (
+                None if importlib.util.find_spec("quart_trio") else "quart-trio is not installed"
+            ),
+        ),
+        ServerSpec(
             "raw_uvloop",
             [PYTHON, str(BENCH / "servers" / "raw_uvloop.py"), "--port", "0"],
             "calibration, not a contender: hand-written frames on uvloop, the loadgen's ceiling",

@@ -19,7 +19,7 @@ from ._errors import HubClosedError, MessageError
 from ._message import Message
 from ._policy import SlowClientPolicy
 from ._statistics import HubStatistics
-from ._transport import Transport, WebSocketTransport
+from ._transport import Transport, WebSocketTransport, can_ping
 from ._util import NoPublicConstructor
 from .backends._base import Backend, MemoryBackend
 
@@ -211,7 +211,8 @@ class Hub(metaclass=NoPublicConstructor):
         for topic in topic_list:
             self._add_subscriber(topic, client)
         interval = self._config.ping_interval
-        if interval is not None:
+        # A transport whose server pings for it (ASGI) never enters the queue.
+        if interval is not None and can_ping(transport):
             self._ping_queue.append((trio.current_time() + interval, client))
             self._ping_wakeup.set()
         logger.debug("client #%d registered: %r", client.id, transport)
@@ -257,7 +258,7 @@ class Hub(metaclass=NoPublicConstructor):
         self._clients.pop(client, None)
         for topic in list(client._topics):
             self._remove_subscriber(topic, client)
-        if self._config.ping_interval is not None:
+        if self._config.ping_interval is not None and can_ping(client._transport):
             self._forget_pings()
 
     def _forget_pings(self) -> None:

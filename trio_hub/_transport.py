@@ -4,6 +4,11 @@ A :class:`Transport` is what the hub drives for one client. trio_hub ships two: 
 adapter for trio-websocket's :class:`~trio_websocket.WebSocketConnection`, and the
 in-memory transport of :mod:`trio_hub.testing`. Anything else that implements
 these six methods can be registered too.
+
+A transport whose server already keeps the connection alive, and that has no way
+to send a ping itself (an ASGI connection: see :mod:`trio_hub.asgi`), says so
+with a class attribute ``can_ping = False``; the hub's keepalive then leaves it
+alone (see :func:`can_ping`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ._closecodes import CloseCode
 from ._errors import TransportClosed
 from ._message import Message
 
-__all__ = ["Transport", "WebSocketTransport"]
+__all__ = ["Transport", "WebSocketTransport", "can_ping"]
 
 
 @runtime_checkable
@@ -30,6 +35,17 @@ class Transport(Protocol):
     Every method may raise :class:`TransportClosed` once the connection is gone.
     The hub calls :meth:`send_batch` and :meth:`send_nowait` from one place per
     client, never concurrently with each other.
+
+    Keepalive:
+        The hub pings each client every ``ping_interval`` seconds through
+        :meth:`ping`. A transport that cannot ping (its server pings on its own,
+        as Hypercorn does for ASGI apps) sets the class attribute
+        ``can_ping = False``: the hub then never calls its :meth:`ping`, and
+        ``pong_timeout`` does not apply to it. The attribute is optional, and
+        a transport without it is pinged.
+
+        .. versionadded:: 0.2
+           ``can_ping``.
     """
 
     async def receive(self) -> str | bytes:
@@ -159,6 +175,11 @@ def _send_no_pong_after_close(connection: WebSocketConnection) -> None:
         await send(event)
 
     connection._send = send_unless_a_late_pong  # type: ignore[method-assign]
+
+
+def can_ping(transport: Transport) -> bool:
+    """Whether the hub's keepalive pings through ``transport`` (see :class:`Transport`)."""
+    return getattr(transport, "can_ping", True) is not False
 
 
 def transport_closed(exc: ConnectionClosed) -> TransportClosed:
