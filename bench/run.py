@@ -242,6 +242,7 @@ class OpenSummary(TypedDict):
     deliveries_per_s: float
     server_us_per_delivery: float
     server_cpu_percent: float
+    server_core_busy_percent: float
     loadgen_cpu_percent: float
     loadgen_core_busy_percent: float
     rss_peak_mib: float
@@ -492,8 +493,7 @@ def summarize_open(server: str, clients: int, runs: Sequence[OpenLoopResult]) ->
     def median(pick: Callable[[OpenLoopResult], float]) -> float:
         return statistics.median(pick(run) for run in runs)
 
-    def core(run: OpenLoopResult) -> float:
-        cpus = run["loadgen_cpus"]
+    def core(run: OpenLoopResult, cpus: list[int]) -> float:
         return run["cores"][cpus[0]]["busy_percent"] if len(cpus) == 1 else float("nan")
 
     return {
@@ -515,7 +515,8 @@ def summarize_open(server: str, clients: int, runs: Sequence[OpenLoopResult]) ->
         "server_us_per_delivery": median(lambda r: r["server_us_per_delivery"]),
         "server_cpu_percent": median(lambda r: r["server_cpu"]["percent_of_one_core"]),
         "loadgen_cpu_percent": median(lambda r: r["loadgen_cpu"]["percent_of_one_core"]),
-        "loadgen_core_busy_percent": median(core),
+        "server_core_busy_percent": median(lambda r: core(r, r["server_cpus"])),
+        "loadgen_core_busy_percent": median(lambda r: core(r, r["loadgen_cpus"])),
         "rss_peak_mib": median(lambda r: r["rss_peak_bytes"] / 2**20),
         "p95_each_repeat_ms": [run["round_trip"]["p95_ms"] for run in runs],
     }
@@ -555,11 +556,11 @@ def format_open_table(rows: Sequence[OpenSummary], limit_ms: float, late_ms: flo
     header = (
         f"{'server':<18} {'N':>5} {'rtt p50':>8} {'p95':>7} {'p99':>7} {'p95/50':>6} "
         f"{'lag p50':>7} {'p99':>6} {'max':>6} {'late':>6} {'bc/s':>6} {'deliv/s':>8} "
-        f"{'us/dlv':>6} {'srv%':>4} {'lg%':>4} {'core1%':>6} {'RSS':>5}"
+        f"{'us/dlv':>6} {'srv%':>4} {'core0%':>6} {'lg%':>4} {'core1%':>6} {'RSS':>5}"
     )
     units = (
         f"{'':<18} {'':>5} {'ms':>8} {'ms':>7} {'ms':>7} {'':>6} {'ms':>7} {'ms':>6} "
-        f"{'ms':>6} {f'+{late_ms:.0f}ms':>6} {'':>6} {'':>8} {'cpu':>6} {'':>4} {'':>4} "
+        f"{'ms':>6} {f'+{late_ms:.0f}ms':>6} {'':>6} {'':>8} {'cpu':>6} {'':>4} {'':>6} {'':>4} "
         f"{'':>6} {'MiB':>5}"
     )
     lines = [header, units, "-" * len(header)]
@@ -571,7 +572,8 @@ def format_open_table(rows: Sequence[OpenSummary], limit_ms: float, late_ms: flo
             f"{row['lag_p99_ms']:>6.0f} {row['lag_max_ms']:>6.0f} "
             f"{row['missing_after_late']:>6.0f} {row['broadcasts_per_s']:>6.0f} "
             f"{row['deliveries_per_s']:>8.0f} {row['server_us_per_delivery']:>6.2f} "
-            f"{row['server_cpu_percent']:>4.0f} {row['loadgen_cpu_percent']:>4.0f} "
+            f"{row['server_cpu_percent']:>4.0f} {row['server_core_busy_percent']:>6.0f} "
+            f"{row['loadgen_cpu_percent']:>4.0f} "
             f"{row['loadgen_core_busy_percent']:>6.0f} {row['rss_peak_mib']:>5.0f}"
         )
     lines.append("")
