@@ -5,6 +5,10 @@ Modelled on urllib3's noxfile: one shared install helper, separate sessions.
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import nox
 
 nox.options.error_on_missing_interpreters = True
@@ -45,9 +49,51 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+# Debian packages the bench's Go peers build from (GOPATH mode, nothing downloaded),
+# each with a path that is there once it is installed.
+BENCH_SYSTEM_PACKAGES = {
+    "golang-go": Path("/usr/bin/go"),
+    "golang-github-gorilla-websocket-dev": Path(
+        "/usr/share/gocode/src/github.com/gorilla/websocket"
+    ),
+}
+
+
+def install_system_packages(session: nox.Session, packages: dict[str, Path]) -> None:
+    """apt-get install the Debian packages whose marker path is missing.
+
+    A minimal version, for the bench session; as root it runs apt-get directly,
+    otherwise through `sudo -n`, and it fails the session if neither can.
+    """
+    missing = [name for name, marker in packages.items() if not marker.exists()]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        session.error(f"apt-get not found; install these Debian packages: {' '.join(missing)}")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run(*sudo, "apt-get", "update", "-qq", external=True, env=env)
+    session.run(
+        *sudo,
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        *missing,
+        external=True,
+        env=env,
+    )
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the fan-out and scale-out benchmarks; `nox -s bench -- --quick` is CI's smoke test."""
+    """Run the fan-out and scale-out benchmarks; `nox -s bench -- --quick` is CI's smoke test.
+
+    `--quick` runs the closed and the open loop briefly against every peer, the Go
+    gorilla Hub/Client included (built from Debian packages, installed here if missing).
+    """
+    install_system_packages(session, BENCH_SYSTEM_PACKAGES)
     install_groups(session, "bench", editable=False)
     session.install(".[redis]")  # bench/scaleout.py runs nodes on Redis (needs redis-server)
     args = session.posargs or ["--quick"]
