@@ -369,6 +369,7 @@ def run_once(
     profile: Profile,
     cpus: tuple[int | None, int | None],
     load: str = "closed",
+    quiet_wait_s: float = QUIET_WAIT_S,
 ) -> RunResult:
     """One fresh server, one load generator run against it.
 
@@ -379,6 +380,7 @@ def run_once(
         cpus: Cores for the server and for the load generator.
         load: ``closed`` (batches) or ``open`` (see ``loadgen.py``); an open-loop run
             returns an :class:`OpenRunResult` under the same type.
+        quiet_wait_s: How long to wait for the cores to be quiet before the run.
 
     Returns:
         What the load generator measured.
@@ -388,7 +390,7 @@ def run_once(
     """
     # Another process hogging a core skews everything: wait a little for quiet, and
     # say so rather than hide it when it does not come.
-    deadline = time.monotonic() + QUIET_WAIT_S
+    deadline = time.monotonic() + quiet_wait_s
     while max(background := psutil.cpu_percent(interval=0.5, percpu=True)) > QUIET_PERCENT:
         if time.monotonic() > deadline:
             print(
@@ -755,6 +757,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--seconds", type=float, default=None, help="measured window per run")
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=QUIET_WAIT_S,
+        help="before each run, wait this long at most for quiet cores (then warn and go)",
+    )
     parser.add_argument("--output-dir", type=Path, default=BENCH / "results")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
@@ -830,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
                     try:
-                        result = run_once(spec, count, profile, cpus, load)
+                        result = run_once(spec, count, profile, cpus, load, args.quiet_wait_s)
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
                         status[name] = f"failed: {exc}"
                         print(f"FAILED {name} N={count}: {exc}", file=sys.stderr, flush=True)
