@@ -760,8 +760,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-wait-s",
         type=float,
-        default=QUIET_WAIT_S,
-        help="before each run, wait this long at most for quiet cores (then warn and go)",
+        default=None,
+        help=f"before each run, wait this long at most for quiet cores, then warn and go "
+        f"(default {QUIET_WAIT_S:.0f}; 0 with --quick, which makes no timing claims)",
     )
     parser.add_argument("--output-dir", type=Path, default=BENCH / "results")
     parser.add_argument("--no-chart", action="store_true")
@@ -771,6 +772,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown servers {sorted(unknown)}; known: {', '.join(SERVERS)}")
     if args.load is None:
         args.load = "both" if args.quick else "closed"
+    if args.quiet_wait_s is None:
+        args.quiet_wait_s = 0.0 if args.quick else QUIET_WAIT_S
     return args
 
 
