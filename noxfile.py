@@ -115,8 +115,15 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the fan-out and scale-out benchmarks; `nox -s bench -- --quick` is CI's smoke test."""
-    require_system_packages(session, "redis-server")
+    """Run the fan-out and scale-out benchmarks; `nox -s bench -- --quick` is CI's smoke test.
+
+    `--quick` runs the closed and the open loop briefly against every peer, the Go
+    gorilla Hub/Client included (built from Debian packages, installed here if missing).
+    """
+    # redis-server: bench/scaleout.py; Go and gorilla: the Go peers (GOPATH mode).
+    require_system_packages(
+        session, "redis-server", "golang-go", "golang-github-gorilla-websocket-dev"
+    )
     install_groups(session, "bench", editable=False)
     session.install(".[redis]")  # bench/scaleout.py runs nodes on Redis (needs redis-server)
     args = session.posargs or ["--quick"]
