@@ -14,12 +14,12 @@ from typing import Final, final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, wrap_server_stream
 
 from ._closecodes import CloseCode
+from ._connection import ServerConnection, handshake_response
 from ._errors import HubClosedError, HubError
 from ._hub import Hub
-from ._stream import FastWebSocketTransport, HubStream, WriteCoalescer
+from ._stream import HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
 
 __all__ = [
@@ -285,7 +285,7 @@ async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream)
             # task's frames while the client is connected.
             admitted = await _handshake(policy, server, stream)
             if admitted is not None:
-                await _upgrade_and_serve(policy, stream, *admitted)
+                await _upgrade_and_serve(policy, stream, admitted)
     except Exception:
         logger.exception("error while serving a connection")
     finally:
@@ -295,7 +295,7 @@ async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream)
 
 async def _handshake(
     policy: _Policy, server: HubServer, stream: trio.SocketStream
-) -> tuple[bytes, object, float, tuple[str, int] | None] | None:
+) -> list[object] | None:
     """Apply the handshake policy; return what the upgrade needs, if admitted."""
     remote = _remote(stream)
     deadline = trio.current_time() + policy.handshake_timeout
@@ -359,48 +359,55 @@ async def _handshake(
             logger.exception("%s: the authenticate hook raised", _show(remote))
             await _respond(stream, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error\n")
             return None
-    return raw, identity, deadline, remote
+    # What the connection needs of the request: the response (the accept key,
+    # and the extensions' answer once there are any) and the bytes after the head.
+    # A list, which _upgrade_and_serve empties: nothing of it may stay alive in
+    # _handle's frame for as long as the client is connected.
+    return [handshake_response(headers), raw[len(head_bytes) + 4 :], identity, deadline, remote]
 
 
 async def _upgrade_and_serve(
-    policy: _Policy,
-    stream: trio.SocketStream,
-    raw: bytes,
-    identity: object,
-    deadline: float,
-    remote: tuple[str, int] | None,
+    policy: _Policy, stream: trio.SocketStream, admitted: list[object]
 ) -> None:
-    async with trio.open_nursery() as nursery:
-        hub_stream = HubStream(stream, replay=raw, nursery=nursery, coalescer=policy.coalescer)
-        with trio.move_on_at(deadline) as accept_scope:
-            try:
-                request = await wrap_server_stream(
-                    nursery, hub_stream, max_message_size=policy.max_message_size
-                )
-                connection = await request.accept()
-            except ConnectionClosed:
-                # The peer went away before our 101 response went out.
-                logger.info("%s: connection lost during the handshake", _show(remote))
-                nursery.cancel_scope.cancel()
-                return
-        if accept_scope.cancelled_caught:
-            logger.info("%s: handshake did not complete; dropped", _show(remote))
-            nursery.cancel_scope.cancel()
-            return
-        hub_stream.connection = connection
-        transport = FastWebSocketTransport(connection, hub_stream)
+    response, initial, identity, deadline, remote = admitted
+    admitted.clear()
+    assert isinstance(response, bytes)
+    assert isinstance(initial, bytes)
+    assert isinstance(deadline, float)
+    assert remote is None or isinstance(remote, tuple)
+    with trio.move_on_at(deadline) as accept_scope:
         try:
-            client = policy.hub._add_client(transport, identity=identity)
+            await stream.send_all(response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The peer went away before our 101 response went out.
+            logger.info("%s: connection lost during the handshake", _show(remote))
+            await trio.aclose_forcefully(stream)
+            return
+    if accept_scope.cancelled_caught:
+        logger.info("%s: handshake did not complete; dropped", _show(remote))
+        await trio.aclose_forcefully(stream)
+        return
+    del response
+    # The nursery is for a short-lived task that flushes what a write from
+    # broadcast() left over; an idle connection runs none.
+    async with trio.open_nursery() as nursery:
+        writer = HubStream(stream, nursery=nursery, coalescer=policy.coalescer)
+        connection = ServerConnection(
+            stream, writer, max_message_size=policy.max_message_size, initial=initial
+        )
+        del initial
+        try:
+            client = policy.hub._add_client(connection, identity=identity)
         except HubClosedError:
             with trio.move_on_after(_RESPONSE_TIMEOUT):
-                await connection.aclose(CloseCode.GOING_AWAY, "shutting down")
-            nursery.cancel_scope.cancel()
+                await connection.close(CloseCode.GOING_AWAY, "shutting down")
             return
+        del identity
         logger.info("client #%d connected from %s", client.id, _show(remote))
-        # The client runs right here, in this connection's task, beside
-        # trio-websocket's reader: one task fewer per connection than
-        # register() + wait_closed(). It is registered with the hub all the
-        # same, and hub shutdown waits for it.
+        # The client runs right here, in this connection's task: it reads,
+        # answers pings and closes the connection itself, so an idle client
+        # costs this one task. It is registered with the hub all the same,
+        # and hub shutdown waits for it.
         await client._run()
         logger.info(
             "client #%d disconnected: code %s %s",
@@ -408,11 +415,8 @@ async def _upgrade_and_serve(
             client.close_code,
             client.close_reason,
         )
-        # Not cancel(): when the peer started the close, trio-websocket's
-        # reader may still be writing the reply (the client leaves as soon as
-        # the close is seen), and it ends by itself once the socket is closed.
-        # Bounded all the same; server shutdown cancels it at once.
-        nursery.cancel_scope.deadline = trio.current_time() + _RESPONSE_TIMEOUT
+        # The connection is closed: a flush still running has nothing to do.
+        nursery.cancel_scope.cancel()
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:
