@@ -28,6 +28,7 @@ import codecs
 import hashlib
 import itertools
 import logging
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast, final
@@ -135,7 +136,16 @@ class ServerConnection:
 
     # Kept small: most connections are idle most of the time, and this is
     # what each of them holds (with the engine, the socket and the Client).
-    __slots__ = ("_fragments", "_frames", "_outbox", "_pong", "_protocol", "_socket", "_stream")
+    __slots__ = (
+        "_fd",
+        "_fragments",
+        "_frames",
+        "_outbox",
+        "_pong",
+        "_protocol",
+        "_socket",
+        "_stream",
+    )
 
     def __init__(
         self,
@@ -146,6 +156,7 @@ class ServerConnection:
         initial: bytes = b"",
     ) -> None:
         self._socket = stream.socket
+        self._fd = stream.socket.fileno()
         self._stream = writer
         # The handshake is done (by serve_hub): start the engine open.
         self._protocol = ServerProtocol(
@@ -177,11 +188,22 @@ class ServerConnection:
                 # the answers are queued in the engine.
                 await self._send_engine_output()
                 raise self._closed_error()
+            # os.read() and wait_readable() rather than the socket's recv():
+            # the same system calls, two coroutine frames fewer for each
+            # waiting (idle) connection.
             try:
-                data = await self._socket.recv(_RECEIVE_SIZE)
+                data = os.read(self._fd, _RECEIVE_SIZE)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(self._fd)
+                except trio.ClosedResourceError:  # closed by abort(), or by close()
+                    raise TransportClosed(None, "connection closed") from None
+                continue
             except OSError as exc:
                 self._protocol.receive_eof()
                 raise TransportClosed(None, f"connection lost: {exc}") from None
+            # A checkpoint for every read, as the socket's recv() has.
+            await trio.lowlevel.checkpoint()
             if data:
                 self._feed(data)
             else:

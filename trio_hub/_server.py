@@ -7,7 +7,7 @@ import logging
 import math
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from http import HTTPStatus
 from typing import Final, final
@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
+from ._client import Client
 from ._closecodes import CloseCode
 from ._connection import ServerConnection, handshake_response
 from ._errors import HubClosedError, HubError
@@ -206,6 +207,7 @@ async def serve_hub(
         max_message_size=max_message_size,
         index_html=default_index_html() if index_html is None else index_html,
         coalescer=WriteCoalescer(),
+        flush_nursery=None,
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = HubServer._create(hub, listeners)
@@ -218,6 +220,7 @@ async def serve_hub(
 
     try:
         async with trio.open_nursery() as handler_nursery:
+            policy = replace(policy, flush_nursery=handler_nursery)
             handler_nursery.start_soon(run_coalescer)
             try:
                 with server._accept_scope:
@@ -260,6 +263,7 @@ class _Policy:
     max_message_size: int
     index_html: bytes
     coalescer: WriteCoalescer
+    flush_nursery: trio.Nursery | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,21 +279,35 @@ class _BadRequest(Exception):
 
 async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream) -> None:
     # Shielded: outer cancellation must not cut a client off before the hub has
-    # drained it; serve_hub cancels handlers itself once the hub is closed.
+    # drained it; serve_hub cancels handshakes itself once the hub is closed.
     server._connections += 1
-    scope = trio.CancelScope(shield=True)
-    server._handler_scopes.add(scope)
     try:
-        with scope:
-            # Two steps, so that nothing of the handshake stays alive in this
-            # task's frames while the client is connected.
-            admitted = await _handshake(policy, server, stream)
-            if admitted is not None:
-                await _upgrade_and_serve(policy, stream, admitted)
+        scope = trio.CancelScope(shield=True)
+        server._handler_scopes.add(scope)
+        try:
+            with scope:
+                # Two steps, so that nothing of the handshake stays alive in
+                # this task's frames while the client is connected.
+                admitted = await _handshake(policy, server, stream)
+                client = None if admitted is None else await _upgrade(policy, stream, admitted)
+        finally:
+            server._handler_scopes.discard(scope)
+        del scope, admitted
+        if client is not None:
+            # The client runs right here, in this connection's task, under
+            # its own shielded scope: it reads, answers pings and closes the
+            # connection itself, so an idle client costs this one task. It is
+            # registered with the hub all the same, and hub shutdown waits for it.
+            await client._run()
+            logger.info(
+                "client #%d disconnected: code %s %s",
+                client.id,
+                client.close_code,
+                client.close_reason,
+            )
     except Exception:
         logger.exception("error while serving a connection")
     finally:
-        server._handler_scopes.discard(scope)
         server._connections -= 1
 
 
@@ -361,14 +379,15 @@ async def _handshake(
             return None
     # What the connection needs of the request: the response (the accept key,
     # and the extensions' answer once there are any) and the bytes after the head.
-    # A list, which _upgrade_and_serve empties: nothing of it may stay alive in
+    # A list, which _upgrade empties: nothing of it may stay alive in
     # _handle's frame for as long as the client is connected.
     return [handshake_response(headers), raw[len(head_bytes) + 4 :], identity, deadline, remote]
 
 
-async def _upgrade_and_serve(
+async def _upgrade(
     policy: _Policy, stream: trio.SocketStream, admitted: list[object]
-) -> None:
+) -> Client | None:
+    """Send the 101 response and register the client; return it, not yet running."""
     response, initial, identity, deadline, remote = admitted
     admitted.clear()
     assert isinstance(response, bytes)
@@ -382,41 +401,26 @@ async def _upgrade_and_serve(
             # The peer went away before our 101 response went out.
             logger.info("%s: connection lost during the handshake", _show(remote))
             await trio.aclose_forcefully(stream)
-            return
+            return None
     if accept_scope.cancelled_caught:
         logger.info("%s: handshake did not complete; dropped", _show(remote))
         await trio.aclose_forcefully(stream)
-        return
-    del response
-    # The nursery is for a short-lived task that flushes what a write from
-    # broadcast() left over; an idle connection runs none.
-    async with trio.open_nursery() as nursery:
-        writer = HubStream(stream, nursery=nursery, coalescer=policy.coalescer)
-        connection = ServerConnection(
-            stream, writer, max_message_size=policy.max_message_size, initial=initial
-        )
-        del initial
-        try:
-            client = policy.hub._add_client(connection, identity=identity)
-        except HubClosedError:
-            with trio.move_on_after(_RESPONSE_TIMEOUT):
-                await connection.close(CloseCode.GOING_AWAY, "shutting down")
-            return
-        del identity
-        logger.info("client #%d connected from %s", client.id, _show(remote))
-        # The client runs right here, in this connection's task: it reads,
-        # answers pings and closes the connection itself, so an idle client
-        # costs this one task. It is registered with the hub all the same,
-        # and hub shutdown waits for it.
-        await client._run()
-        logger.info(
-            "client #%d disconnected: code %s %s",
-            client.id,
-            client.close_code,
-            client.close_reason,
-        )
-        # The connection is closed: a flush still running has nothing to do.
-        nursery.cancel_scope.cancel()
+        return None
+    # What a write from broadcast() leaves over is flushed by a short-lived
+    # task in the server's nursery: an idle connection runs none, and holds no
+    # nursery of its own.
+    writer = HubStream(stream, nursery=policy.flush_nursery, coalescer=policy.coalescer)
+    connection = ServerConnection(
+        stream, writer, max_message_size=policy.max_message_size, initial=initial
+    )
+    try:
+        client = policy.hub._add_client(connection, identity=identity)
+    except HubClosedError:
+        with trio.move_on_after(_RESPONSE_TIMEOUT):
+            await connection.close(CloseCode.GOING_AWAY, "shutting down")
+        return None
+    logger.info("client #%d connected from %s", client.id, _show(remote))
+    return client
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:

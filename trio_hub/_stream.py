@@ -294,10 +294,15 @@ class HubStream:
             view.release()
 
     async def _flush_pending(self) -> None:
+        # Shielded, like the client it writes for (it may run in a nursery
+        # that outer cancellation reaches first): a remainder cut off would
+        # end the stream inside a frame. Bounded all the same: closing the
+        # socket (the client's close or abort) wakes it with an error.
         try:
-            async with self._lock:
-                if self._pending and not self._closed:
-                    await self._send_locked(b"")
+            with trio.CancelScope(shield=True):
+                async with self._lock:
+                    if self._pending and not self._closed:
+                        await self._send_locked(b"")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the reader sees the connection end, and the client leaves
 
