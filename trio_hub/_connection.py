@@ -192,22 +192,27 @@ class ServerConnection:
             # the same system calls, two coroutine frames fewer for each
             # waiting (idle) connection.
             try:
-                data = os.read(self._fd, _RECEIVE_SIZE)
+                data: bytes | None = os.read(self._fd, _RECEIVE_SIZE)
             except BlockingIOError:
+                # Not waited for in here: the exception (and the last data
+                # read) would stay alive for as long as the connection idles.
+                data = None
+            except OSError as exc:
+                self._protocol.receive_eof()
+                raise TransportClosed(None, f"connection lost: {exc}") from None
+            if data is None:
                 try:
                     await trio.lowlevel.wait_readable(self._fd)
                 except trio.ClosedResourceError:  # closed by abort(), or by close()
                     raise TransportClosed(None, "connection closed") from None
                 continue
-            except OSError as exc:
-                self._protocol.receive_eof()
-                raise TransportClosed(None, f"connection lost: {exc}") from None
-            # A checkpoint for every read, as the socket's recv() has.
-            await trio.lowlevel.checkpoint()
             if data:
                 self._feed(data)
             else:
                 self._protocol.receive_eof()
+            # A checkpoint for every read, as the socket's recv() has; what
+            # was read is in the engine already, so a cancellation loses nothing.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             # Pongs go out now, behind the frames already taken.
             await self._send_engine_output()
 
