@@ -101,7 +101,7 @@ async def echo_of(raw: RawWebSocket) -> object:
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_fragmented_message_is_one_message(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (hub, port):
+        async with world(world_name) as (_hub, port):
             raw = await RawWebSocket.connect(port)
             try:
                 text = json.dumps(
@@ -120,7 +120,7 @@ async def test_a_fragmented_message_is_one_message(world_name: str) -> None:
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_control_frames_between_fragments_are_answered_in_place(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (hub, port):
+        async with world(world_name) as (_hub, port):
             raw = await RawWebSocket.connect(port)
             try:
                 text = b'{"type":"x","payload":42}'
@@ -137,7 +137,7 @@ async def test_control_frames_between_fragments_are_answered_in_place(world_name
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_ping_of_125_bytes_is_answered(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (hub, port):
+        async with world(world_name) as (_hub, port):
             raw = await RawWebSocket.connect(port)
             try:
                 await send_raw(raw, frame(OP_PING, b"p" * 125))
@@ -149,7 +149,7 @@ async def test_a_ping_of_125_bytes_is_answered(world_name: str) -> None:
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_close_from_the_peer_is_echoed(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (hub, port):
+        async with world(world_name) as (_hub, port):
             raw = await RawWebSocket.connect(port)
             try:
                 await send_raw(raw, frame(OP_CLOSE, struct.pack("!H", 4321) + b"bye"))
@@ -200,7 +200,7 @@ async def test_a_protocol_error_is_closed_with_1002_and_harms_no_one(
     world_name: str, case: str
 ) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (hub, port):
+        async with world(world_name) as (_hub, port):
             bystander = await RawWebSocket.connect(port)
             raw = await RawWebSocket.connect(port)
             try:
@@ -237,7 +237,7 @@ INVALID_UTF8: Final = {
 @pytest.mark.parametrize("case", list(INVALID_UTF8))
 async def test_invalid_utf8_is_closed_with_1007(world_name: str, case: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (hub, port):
+        async with world(world_name) as (_hub, port):
             raw = await RawWebSocket.connect(port)
             try:
                 for data in INVALID_UTF8[case]:
@@ -254,7 +254,7 @@ async def test_invalid_utf8_is_closed_with_1007(world_name: str, case: str) -> N
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_binary_message_is_closed_with_1003(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (hub, port):
+        async with world(world_name) as (_hub, port):
             raw = await RawWebSocket.connect(port)
             try:
                 await send_raw(raw, frame(OP_BINARY, b"\x00\x01", fin=False))
