@@ -238,8 +238,10 @@ class ServerConnection:
                 try:
                     message = self._assemble(frame)
                 except UnicodeDecodeError as exc:
-                    protocol.fail(CloseCode.INVALID_PAYLOAD, f"invalid UTF-8: {exc.reason}")
-                    protocol.events_received()
+                    # A close, not the engine's fail(): the frames are intact,
+                    # so the engine goes on parsing and finds the peer's reply.
+                    protocol.send_close(CloseCode.INVALID_PAYLOAD, f"invalid UTF-8: {exc.reason}")
+                    frames.clear()
                     break
                 if message is not None:
                     if not frames:
