@@ -102,9 +102,9 @@ class Receiver(asyncio.Protocol):
             if opcode == 0x1:
                 self.frames += 1
                 self.last = bytes(self.buffer[start : start + length])
-                if self.reached is not None and self.frames >= self.wanted:
-                    if not self.reached.done():
-                        self.reached.set_result(time.perf_counter())
+                reached = self.reached
+                if reached is not None and self.frames >= self.wanted and not reached.done():
+                    reached.set_result(time.perf_counter())
             del self.buffer[: start + length]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -122,7 +122,8 @@ class Receiver(asyncio.Protocol):
     def send_text(self, text: str) -> None:
         """Send one masked text frame (under 126 bytes of payload)."""
         payload = text.encode()
-        assert len(payload) < 126 and self.transport is not None
+        assert len(payload) < 126
+        assert self.transport is not None
         mask = os.urandom(4)
         masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
         self.transport.write(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
