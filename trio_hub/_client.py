@@ -69,6 +69,7 @@ class Client(metaclass=NoPublicConstructor):
         "_dropped",
         "_ending",
         "_finished",
+        "_handler_scope",
         "_hub",
         "_id",
         "_identity",
@@ -76,7 +77,6 @@ class Client(metaclass=NoPublicConstructor):
         "_on_message",
         "_pinging",
         "_queue",
-        "_reader_scope",
         "_scope",
         "_topics",
         "_transport",
@@ -118,7 +118,9 @@ class Client(metaclass=NoPublicConstructor):
         # enclosing cancel scope, decides when a client ends; _end() cancels it.
         # (One scope for both: every scope a connection holds costs memory.)
         self._scope: trio.CancelScope | None = None
-        self._reader_scope = trio.CancelScope()
+        # The scope of an on_message call in progress, if any: shutdown cancels
+        # it. None while the client waits for input, which costs no scope.
+        self._handler_scope: trio.CancelScope | None = None
         # Made when someone waits: most clients are never waited for.
         self._finished: trio.Event | None = None
         self._done = False
@@ -333,9 +335,10 @@ class Client(metaclass=NoPublicConstructor):
             self._scope.cancel()
 
     def _start_drain(self) -> None:
-        """Hub shutdown: stop reading, write what is queued, then leave with 1001."""
-        self._reader_scope.cancel()
+        """Hub shutdown: stop handling input, write what is queued, then leave with 1001."""
         self._draining = True
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
         if self._backlog == 0:
             self._end(CloseCode.GOING_AWAY, "hub shutting down")
 
@@ -412,36 +415,39 @@ class Client(metaclass=NoPublicConstructor):
         self._end(code, exc.reason)
 
     async def _read_loop(self) -> None:
-        with self._reader_scope:
-            while True:
-                data = await self._transport.receive()
-                if isinstance(data, bytes | bytearray):
-                    self._end(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
-                    return
-                try:
-                    message = Message.decode(data)
-                except MessageDecodeError as exc:
-                    logger.debug("client #%d sent an invalid message: %s", self._id, exc)
-                    self._reply_error(exc.code, str(exc))
-                    continue
-                handler = self._on_message
-                if handler is None:
-                    continue
-                try:
+        # No cancel scope around the wait for input: an idle client holds none.
+        # Shutdown stops the handling instead: a handler in progress is
+        # cancelled, and what arrives during the drain is read and dropped, so
+        # that the peer's close (or its pings) are still seen.
+        while True:
+            data = await self._transport.receive()
+            if self._draining:
+                continue
+            if isinstance(data, bytes | bytearray):
+                self._end(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+                return
+            try:
+                message = Message.decode(data)
+            except MessageDecodeError as exc:
+                logger.debug("client #%d sent an invalid message: %s", self._id, exc)
+                self._reply_error(exc.code, str(exc))
+                continue
+            handler = self._on_message
+            if handler is None:
+                continue
+            try:
+                with trio.CancelScope() as self._handler_scope:
                     await handler(self, message)
-                except Exception:
-                    self._hub._errors += 1
-                    logger.exception(
-                        "client #%d: the on_message handler raised; closing it with 1011",
-                        self._id,
-                    )
-                    self._end(CloseCode.INTERNAL_ERROR, "internal error")
-                    return
-        if self._draining:
-            # Shutdown stopped the reader; the client stays until its queue is
-            # written (the writer ends it), so keep this task, and the nursery
-            # that the writer runs in, open until then.
-            await trio.sleep_forever()
+            except Exception:
+                self._hub._errors += 1
+                logger.exception(
+                    "client #%d: the on_message handler raised; closing it with 1011",
+                    self._id,
+                )
+                self._end(CloseCode.INTERNAL_ERROR, "internal error")
+                return
+            finally:
+                self._handler_scope = None
 
     def _reply_error(self, code: str, detail: str) -> None:
         if not self._hub._closing:

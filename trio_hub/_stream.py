@@ -128,7 +128,9 @@ class HubStream:
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._fd = inner.socket.fileno()
-        self._lock = trio.StrictFIFOLock()
+        # Held by a write that may block; made when one starts, dropped when
+        # the last one ends, so that an idle connection holds no lock.
+        self._lock: trio.StrictFIFOLock | None = None
         # Bytes that write_nowait() accepted but the socket did not take: they
         # go out before anything else.
         self._pending = b""
@@ -160,7 +162,7 @@ class HubStream:
             or self._closed
             or self._broken
             or self._close_frame_sent
-            or self._lock.locked()
+            or self._lock is not None
         ):
             return False
         coalescer = self._coalescer
@@ -184,7 +186,7 @@ class HubStream:
         self._batch_bytes = 0
         if self._closed or self._broken:
             return  # the connection is gone; its client is leaving
-        if self._pending or self._lock.locked():
+        if self._pending or self._lock is not None:
             # Not expected (a writer takes the batch first), but keep the order.
             self._pending += data
             self._start_flush()
@@ -225,10 +227,14 @@ class HubStream:
         if data[:1] == bytes([_FIN_CLOSE]):
             # Before the write: from now on no message frame may be taken.
             self._close_frame_sent = True
-        async with self._lock:
-            if self._eof_sent or self._closed:
-                return
-            await self._send_locked(data)
+        lock = self._take_lock()
+        try:
+            async with lock:
+                if self._eof_sent or self._closed:
+                    return
+                await self._send_locked(data)
+        finally:
+            self._drop_lock(lock)
 
     async def write_frames(self, data: bytes) -> None:
         """Write message frames, unless a close frame has gone out already.
@@ -236,10 +242,14 @@ class HubStream:
         Raises:
             trio.ClosedResourceError: if the WebSocket is closing.
         """
-        async with self._lock:
-            if self._close_frame_sent or self._eof_sent:
-                raise trio.ClosedResourceError("the WebSocket is closing")
-            await self._send_locked(data)
+        lock = self._take_lock()
+        try:
+            async with lock:
+                if self._close_frame_sent or self._eof_sent:
+                    raise trio.ClosedResourceError("the WebSocket is closing")
+                await self._send_locked(data)
+        finally:
+            self._drop_lock(lock)
 
     async def send_eof(self) -> None:
         """Half-close: flush what was taken, then shut the socket's sending side.
@@ -247,16 +257,32 @@ class HubStream:
         Idempotent. The peer then reads everything written, and EOF after it,
         while we can still read (and discard) what it sends.
         """
-        async with self._lock:
-            if self._eof_sent or self._closed or self._broken:
-                return
-            if self._batch or self._pending:
-                await self._send_locked(b"")
-            self._eof_sent = True
-            try:
-                self._inner.socket.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._broken = True
+        lock = self._take_lock()
+        try:
+            async with lock:
+                if self._eof_sent or self._closed or self._broken:
+                    return
+                if self._batch or self._pending:
+                    await self._send_locked(b"")
+                self._eof_sent = True
+                try:
+                    self._inner.socket.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self._broken = True
+        finally:
+            self._drop_lock(lock)
+
+    def _take_lock(self) -> trio.StrictFIFOLock:
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = trio.StrictFIFOLock()
+        return lock
+
+    def _drop_lock(self, lock: trio.StrictFIFOLock) -> None:
+        # A waiter takes the lock over as it is released: unlocked means
+        # nobody holds it or waits for it, so the next write makes a new one.
+        if self._lock is lock and not lock.locked():
+            self._lock = None
 
     async def _send_locked(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken:
@@ -300,9 +326,13 @@ class HubStream:
         # socket (the client's close or abort) wakes it with an error.
         try:
             with trio.CancelScope(shield=True):
-                async with self._lock:
-                    if self._pending and not self._closed:
-                        await self._send_locked(b"")
+                lock = self._take_lock()
+                try:
+                    async with lock:
+                        if self._pending and not self._closed:
+                            await self._send_locked(b"")
+                finally:
+                    self._drop_lock(lock)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the reader sees the connection end, and the client leaves
 
