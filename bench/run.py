@@ -6,6 +6,7 @@ Usage::
     python bench/run.py --quick               # CI smoke test: 50 clients, 1 repeat, seconds
     python bench/run.py --servers naive_trio,trio_hub --clients 100,1000 --repeats 5
     python bench/run.py --load open --step 1000 --max-clients 8000   # open loop, N by 1,000
+    python bench/run.py --servers trio_hub --baseline-tree /tmp/base   # against another checkout
 
 For every server, client count and repeat it starts a fresh server process pinned to
 one core and a fresh ``loadgen.py`` process pinned to another, lets the load generator
@@ -80,6 +81,7 @@ class ServerSpec:
     command: list[str]
     description: str
     unavailable: Callable[[], str | None] = field(default=lambda: None)
+    cwd: Path = ROOT
 
 
 def _trio_hub_unavailable() -> str | None:
@@ -224,6 +226,19 @@ SERVERS: dict[str, ServerSpec] = {
 }
 
 
+def baseline_spec(tree: Path) -> ServerSpec:
+    """``python -m trio_hub serve`` from another checkout (``git worktree add /tmp/base main``).
+
+    Args:
+        tree: The root of that checkout; its ``trio_hub`` is imported.
+
+    Returns:
+        The spec, named ``trio_hub_base``.
+    """
+    spec = SERVERS["trio_hub"]
+    return ServerSpec("trio_hub_base", spec.command, f"{spec.description} from {tree}", cwd=tree)
+
+
 class RunResult(LoadgenResult):
     """One load generator run, plus how busy the cores were just before it."""
 
@@ -351,7 +366,7 @@ def running_server(spec: ServerSpec, cpu: int | None) -> Iterator[tuple[int, int
     """
     process = subprocess.Popen(
         spec.command,
-        cwd=ROOT,
+        cwd=spec.cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -780,7 +795,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output-dir", type=Path, default=BENCH / "results")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="also run `trio_hub serve` from this checkout, as trio_hub_base",
+    )
     args = parser.parse_args(argv)
+    if args.baseline_tree is not None:
+        SERVERS["trio_hub_base"] = baseline_spec(args.baseline_tree.resolve())
+        if "trio_hub_base" not in args.servers.split(","):
+            args.servers += ",trio_hub_base"
     unknown = set(args.servers.split(",")) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; known: {', '.join(SERVERS)}")
