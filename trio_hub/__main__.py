@@ -112,6 +112,15 @@ def _parser() -> argparse.ArgumentParser:
         help="messages that may wait for one client before the slow-client policy applies",
     )
     clients.add_argument(
+        "--intake-limit",
+        type=_non_negative_int,
+        default=4096,
+        help=(
+            "overload: the hub-wide backlog (queued messages, at most 4 counted per client) "
+            "above which clients' inbound messages wait until it is down to half; 0: never"
+        ),
+    )
+    clients.add_argument(
         "--slow-client-policy",
         choices=[policy.value for policy in SlowClientPolicy],
         default=SlowClientPolicy.EVICT.value,
@@ -381,6 +390,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _int(text: str) -> int:
     try:
         return int(text)
@@ -545,6 +561,7 @@ async def _serve(options: argparse.Namespace) -> int:
                 write_timeout=options.write_timeout,
                 drain_timeout=options.drain_timeout,
                 on_message=protocol_handler,
+                intake_limit=options.intake_limit or None,
                 backend=backend,
             ) as hub:
                 if backend is not None:
