@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     clients.add_argument(
         "--intake-limit",
         type=_non_negative_int,
-        default=4096,
+        default=16384,
         help=(
             "overload: the hub-wide backlog (queued messages, at most 4 counted per client) "
             "above which clients' inbound messages wait until it is down to half; 0: never"

@@ -579,7 +579,7 @@ async def open_hub(
     drain_timeout: float = 5.0,
     close_timeout: float = 5.0,
     on_message: MessageHandler | None = None,
-    intake_limit: int | None = 4096,
+    intake_limit: int | None = 16384,
     backend: Backend | None = None,
 ) -> AsyncIterator[Hub]:
     """Open a hub that owns a nursery for its clients' tasks.
