@@ -1,0 +1,654 @@
+"""Per-topic history: stream positions, the in-memory history, and recovery.
+
+A topic with history numbers its publications: each gets an ``offset``, one more
+than the one before, within an ``epoch``, a string that changes whenever the
+topic's history is lost or reset. A client that comes back with the position of
+the last publication it got (:class:`StreamPosition`) receives exactly what it
+missed, or is told that it cannot (``recovered=False``), never a part of it.
+
+This module holds what every history shares (the positions, the results, the
+stamping of offsets into messages) and the history of one process
+(:class:`_MemoryHistory`). The Redis history lives in
+:mod:`trio_hub.backends.redis`; the hub talks to either through the small
+interfaces at the end of this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, final, runtime_checkable
+
+import trio
+
+from ._errors import HubError
+from ._message import Message
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+logger: Final = logging.getLogger("trio_hub")
+
+__all__ = [
+    "HistoryError",
+    "HistoryPolicy",
+    "HistoryResult",
+    "HistoryUnavailableError",
+    "Publication",
+    "StreamPosition",
+]
+
+OFFSET_FIELD: Final = "offset"
+"""The payload field that carries a publication's offset on a topic with history."""
+
+
+class HistoryError(HubError):
+    """A history request that cannot be served.
+
+    .. versionadded:: 0.2
+    """
+
+
+class HistoryUnavailableError(HistoryError):
+    """The shared history (Redis) cannot be reached now; try again later.
+
+    Nothing was replayed and, for a recovery, the client was not subscribed.
+
+    .. versionadded:: 0.2
+    """
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class StreamPosition:
+    """Where a client is in a topic's stream: the last offset it got, in an epoch.
+
+    Args:
+        offset: The offset of the last publication received (0: none yet).
+        epoch: The topic's epoch, as reported by the hub.
+
+    .. versionadded:: 0.2
+    """
+
+    offset: int
+    epoch: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.offset, int) or isinstance(self.offset, bool) or self.offset < 0:
+            raise ValueError(f"offset must be an int >= 0, got {self.offset!r}")
+        if not isinstance(self.epoch, str):
+            raise ValueError(f"epoch must be a str, got {self.epoch!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One publication kept in a topic's history.
+
+    Attributes:
+        offset: Its place in the topic's stream.
+        message: The message as its subscribers receive it: the payload carries
+            ``"offset"``.
+
+    .. versionadded:: 0.2
+    """
+
+    offset: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """What :meth:`Hub.history` and :meth:`Client.recover` found.
+
+    Attributes:
+        position: The topic's position: its last offset and its epoch. For a
+            recovery, the position right before the live publications that
+            follow the replay.
+        publications: The publications after ``since`` (replayed, for a
+            recovery), oldest first; empty when ``recovered`` is false.
+        recovered: Whether the history still covers everything after
+            ``since`` (same epoch, nothing trimmed or expired). Always true
+            when no ``since`` was given.
+
+    .. versionadded:: 0.2
+    """
+
+    position: StreamPosition
+    publications: tuple[Publication, ...]
+    recovered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    """How much history one topic keeps.
+
+    Args:
+        size: The most publications kept; older ones are trimmed.
+        ttl: Seconds a publication is kept; ``None``: no time limit.
+
+    .. versionadded:: 0.2
+    """
+
+    size: int
+    ttl: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ValueError(f"history size must be an int >= 1, got {self.size!r}")
+        if self.ttl is not None and (
+            not isinstance(self.ttl, int | float) or not 0 < self.ttl < math.inf
+        ):
+            raise ValueError(f"history ttl must be None or a finite number > 0, got {self.ttl!r}")
+
+
+HistoryPolicyFunction: TypeAlias = "Callable[[str], HistoryPolicy | None]"
+"""Given a topic, its history policy, or ``None`` for a topic without history."""
+
+
+def new_epoch() -> str:
+    """Return a fresh epoch: random, so that no two histories share one."""
+    return secrets.token_hex(4)
+
+
+def stamp(message: Message, offset: int) -> Message:
+    """Return ``message`` with ``"offset": offset`` in its payload.
+
+    Raises:
+        ValueError: if the payload is not a JSON object, or already has an
+            ``"offset"``.
+    """
+    payload = message.payload
+    if not isinstance(payload, Mapping):
+        raise ValueError(
+            "a message published on a topic with history needs an object payload "
+            f"(it gets an {OFFSET_FIELD!r} field), got {type(payload).__name__}"
+        )
+    if OFFSET_FIELD in payload:
+        raise ValueError(
+            f"a message published on a topic with history must not have an "
+            f"{OFFSET_FIELD!r} field: the hub sets it"
+        )
+    return Message._trusted(message.type, {**payload, OFFSET_FIELD: offset}, None)
+
+
+def check_stampable(message: Message) -> None:
+    """Raise as :func:`stamp` would, without building anything."""
+    payload = message.payload
+    if not isinstance(payload, Mapping) or OFFSET_FIELD in payload:
+        stamp(message, 0)
+
+
+# ---------------------------------------------------------------- memory
+
+
+@final
+class _TopicHistory:
+    __slots__ = ("entries", "epoch", "offset", "policy")
+
+    def __init__(self, policy: HistoryPolicy) -> None:
+        self.policy = policy
+        self.epoch = new_epoch()
+        self.offset = 0
+        # (offset, expires at, message as delivered), oldest first.
+        self.entries: deque[tuple[int, float, Message]] = deque()
+
+    def expire(self, now: float) -> None:
+        entries = self.entries
+        while entries and entries[0][1] <= now:
+            entries.popleft()
+
+
+@final
+class _MemoryHistory:
+    """Every topic's history in this process: bounded rings, by size, TTL and topics.
+
+    Memory is bounded by ``max_topics`` x the largest ``size`` x message size:
+    each topic keeps at most its policy's ``size`` publications, and at most
+    ``max_topics`` topics keep history; the one that published least recently
+    loses its history (and its epoch) when one more comes.
+    """
+
+    __slots__ = ("_dropped_topics", "_max_topics", "_policy", "_topics")
+
+    def __init__(self, policy: HistoryPolicyFunction, max_topics: int) -> None:
+        self._policy = policy
+        self._max_topics = max_topics
+        # Least recently published first.
+        self._topics: OrderedDict[str, _TopicHistory] = OrderedDict()
+        self._dropped_topics = 0
+
+    def policy(self, topic: str) -> HistoryPolicy | None:
+        return self._policy(topic)
+
+    def _topic(self, topic: str, policy: HistoryPolicy) -> _TopicHistory:
+        history = self._topics.get(topic)
+        if history is None:
+            if len(self._topics) >= self._max_topics:
+                self._topics.popitem(last=False)
+                self._dropped_topics += 1
+            history = self._topics[topic] = _TopicHistory(policy)
+        else:
+            self._topics.move_to_end(topic)
+        return history
+
+    def append(
+        self, topic: str, policy: HistoryPolicy, message: Message
+    ) -> tuple[StreamPosition, Message]:
+        """Number ``message`` and keep it; return its position, and it as subscribers get it."""
+        history = self._topic(topic, policy)
+        offset = history.offset + 1
+        stamped = stamp(message, offset)
+        history.offset = offset
+        now = trio.current_time()
+        ttl = history.policy.ttl
+        entries = history.entries
+        entries.append((offset, math.inf if ttl is None else now + ttl, stamped))
+        while len(entries) > history.policy.size:
+            entries.popleft()
+        history.expire(now)
+        return StreamPosition(offset, history.epoch), stamped
+
+    def read(
+        self,
+        topic: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        history = self._topic(topic, policy)
+        history.expire(trio.current_time())
+        position = StreamPosition(history.offset, history.epoch)
+        entries = history.entries
+        if since is None:
+            selected = list(entries) if limit is None else list(entries)[:limit]
+            return HistoryResult(position, _publications(selected), True)
+        if since.epoch != history.epoch or since.offset > history.offset:
+            return HistoryResult(position, (), False)
+        if since.offset == history.offset:
+            return HistoryResult(position, (), True)
+        # Everything after since.offset must still be here, the first one included.
+        if not entries or entries[0][0] > since.offset + 1:
+            return HistoryResult(position, (), False)
+        start = since.offset + 1 - entries[0][0]
+        stop = len(entries) if limit is None else min(len(entries), start + limit)
+        selected = [entries[index] for index in range(start, stop)]
+        return HistoryResult(position, _publications(selected), True)
+
+    def sizes(self) -> dict[str, int]:
+        now = trio.current_time()
+        for history in self._topics.values():
+            history.expire(now)
+        return {topic: len(history.entries) for topic, history in self._topics.items()}
+
+    def trim(self, topic: str, keep: int) -> None:
+        """Keep only the ``keep`` newest publications of ``topic`` (for tests)."""
+        history = self._topics.get(topic)
+        if history is not None:
+            while len(history.entries) > keep:
+                history.entries.popleft()
+
+
+def _publications(entries: Sequence[tuple[int, float, Message]]) -> tuple[Publication, ...]:
+    return tuple(Publication(offset, message) for offset, _, message in entries)
+
+
+# ---------------------------------------------------------------- shared
+
+
+@runtime_checkable
+class SharedHistory(Protocol):
+    """What a backend provides when the history lives in it (Redis), for every node.
+
+    The hub uses it instead of its own memory history for every topic with
+    history. Offsets come from the backend, so every node delivers a topic's
+    publications in one order: the hub hands each publication over with
+    :meth:`append` and delivers it, on every node including its own, when the
+    backend calls :meth:`HistorySink.deliver_publication`.
+    """
+
+    def subscribe(self, topic: str) -> None:
+        """As :meth:`Backend.subscribe <trio_hub.backends.Backend.subscribe>`."""
+        ...
+
+    def unsubscribe(self, topic: str) -> None:
+        """As :meth:`Backend.unsubscribe <trio_hub.backends.Backend.unsubscribe>`."""
+        ...
+
+    def append(
+        self,
+        topic: str,
+        policy: HistoryPolicy,
+        data: bytes,
+        reply: Callable[[StreamPosition | BaseException], None] | None,
+    ) -> bool:
+        """Number and keep an encoded message, then deliver it on every node.
+
+        Never blocks. ``reply``, if given, is called later with the
+        publication's position, or with the exception that says why it failed.
+
+        Returns:
+            ``False`` if the backend is unreachable now: nothing was sent, and
+            the topic's epoch changes once it is back (its history misses
+            this publication); the hub then delivers it locally, unnumbered.
+        """
+        ...
+
+    async def read(
+        self,
+        topic: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> tuple[StreamPosition, list[tuple[int, bytes]], bool]:
+        """Return the position, the publications after ``since`` (offset, data), and recovered.
+
+        Raises:
+            HistoryUnavailableError: if the backend cannot be reached.
+        """
+        ...
+
+    async def wait_subscribed(self, topic: str) -> None:
+        """Return once publications on ``topic`` reach this node.
+
+        Raises:
+            HistoryUnavailableError: if the backend cannot be reached.
+        """
+        ...
+
+
+@runtime_checkable
+class HistorySink(Protocol):
+    """What a backend with a shared history calls to deliver a numbered publication."""
+
+    def deliver_publication(self, topic: str, offset: int, epoch: str, data: bytes) -> None:
+        """Deliver one publication, numbered by the backend, to the local subscribers."""
+        ...
+
+
+# ---------------------------------------------------------------- the hub's side
+
+
+class _HubInternals(Protocol):
+    """The parts of :class:`~trio_hub.Hub` that history works with."""
+
+    _topics: dict[str, dict[Client, None]]
+    _closing: bool
+
+    def _fan_out(self, clients: dict[Client, None], message: Message) -> int: ...
+
+    def _add_subscriber(self, topic: str, client: Client) -> None: ...
+
+    def _remove_subscriber(self, topic: str, client: Client) -> None: ...
+
+
+@final
+class HubHistory:
+    """A hub's history: numbering, keeping and replaying publications per topic.
+
+    The hub hands over publications on topics with history, and recoveries. With
+    the memory history everything is synchronous: a publication is numbered,
+    kept and fanned out at once, and a recovery reads and subscribes in one
+    step, so nothing can come between. With a shared history (Redis) a
+    publication is fanned out when the backend delivers it numbered, on every
+    node; a recovering client's live publications wait in a buffer while the
+    history is read, and the two are merged by offset.
+    """
+
+    __slots__ = (
+        "_shared",
+        "_buffers",
+        "_hub",
+        "_memory",
+        "_policy",
+        "_positions",
+        "_queue_size",
+        "gaps",
+        "history_errors",
+        "local_only",
+        "recoveries",
+        "recovery_failures",
+    )
+
+    def __init__(
+        self,
+        hub: _HubInternals,
+        policy: HistoryPolicyFunction,
+        *,
+        max_topics: int,
+        shared: SharedHistory | None,
+        queue_size: int,
+    ) -> None:
+        self._hub = hub
+        self._policy = policy
+        self._shared = shared
+        self._memory = _MemoryHistory(policy, max_topics) if shared is None else None
+        self._queue_size = queue_size
+        # Shared history: clients recovering a topic, each with the numbered
+        # publications that arrived meanwhile.
+        self._buffers: dict[str, dict[Client, list[tuple[str, int, Message]]]] = {}
+        # Shared history: the last (epoch, offset) delivered here, per topic.
+        self._positions: dict[str, tuple[str, int]] = {}
+        self.recoveries = 0
+        self.recovery_failures = 0
+        self.history_errors = 0
+        self.local_only = 0
+        self.gaps = 0
+
+    def policy(self, topic: str) -> HistoryPolicy | None:
+        return self._policy(topic)
+
+    def _require(self, topic: str) -> HistoryPolicy:
+        policy = self._policy(topic)
+        if policy is None:
+            raise HistoryError(f"topic {topic!r} has no history")
+        return policy
+
+    # ---------------------------------------------------------- publishing
+
+    def publish(
+        self,
+        topic: str,
+        policy: HistoryPolicy,
+        message: Message,
+        reply: Callable[[StreamPosition | BaseException], None] | None = None,
+    ) -> int:
+        hub = self._hub
+        subscribers = hub._topics.get(topic)
+        if self._memory is not None:
+            position, stamped = self._memory.append(topic, policy, message)
+            count = hub._fan_out(subscribers, stamped) if subscribers else 0
+            if reply is not None:
+                reply(position)
+            return count
+        assert self._shared is not None
+        check_stampable(message)
+        if type(message) is not Message:
+            raise TypeError(f"expected a trio_hub.Message, got {type(message).__name__}")
+        if self._shared.append(topic, policy, message.encode(), reply):
+            # Delivered here, as on every node, once the backend numbers it.
+            return len(subscribers) if subscribers else 0
+        # The shared history is out of reach: local delivery goes on, without
+        # an offset. The backend changes the topic's epoch once it is back,
+        # so that no position from before passes for complete.
+        self.local_only += 1
+        if reply is not None:
+            reply(HistoryUnavailableError("the shared history is unreachable"))
+        return hub._fan_out(subscribers, message) if subscribers else 0
+
+    def deliver_publication(self, topic: str, offset: int, epoch: str, data: bytes) -> None:
+        hub = self._hub
+        if hub._closing:
+            return
+        try:
+            message = stamp(Message.decode(data), offset)
+        except (HubError, ValueError):
+            logger.exception("dropped an undecodable publication from the backend")
+            return
+        last = self._positions.get(topic)
+        if last is not None and last[0] == epoch:
+            if offset <= last[1]:
+                return  # delivered already
+            if offset > last[1] + 1:
+                self.gaps += 1
+                logger.warning(
+                    "topic %r: offsets %d to %d never reached this node",
+                    topic,
+                    last[1] + 1,
+                    offset - 1,
+                )
+        subscribers = hub._topics.get(topic)
+        buffers = self._buffers.get(topic)
+        if subscribers is None and buffers is None:
+            self._positions.pop(topic, None)
+            return
+        self._positions[topic] = (epoch, offset)
+        if subscribers:
+            hub._fan_out(subscribers, message)
+        if buffers:
+            for client, buffer in list(buffers.items()):
+                buffer.append((epoch, offset, message))
+                if len(buffer) > self._queue_size:
+                    client._evict("queue full while recovering")
+
+    # ------------------------------------------------------------ reading
+
+    async def history(
+        self, topic: str, since: StreamPosition | None, limit: int | None
+    ) -> HistoryResult:
+        policy = self._require(topic)
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be None or an int >= 0, got {limit!r}")
+        if self._memory is not None:
+            await trio.lowlevel.checkpoint()
+            return self._memory.read(topic, policy, since, limit)
+        assert self._shared is not None
+        try:
+            position, entries, recovered = await self._shared.read(topic, policy, since, limit)
+        except HistoryUnavailableError:
+            self.history_errors += 1
+            raise
+        return HistoryResult(position, _decode(entries), recovered)
+
+    async def recover(
+        self,
+        client: Client,
+        topic: str,
+        since: StreamPosition | None,
+        announce: Callable[[HistoryResult], Message | None] | None,
+    ) -> HistoryResult:
+        policy = self._require(topic)
+        hub = self._hub
+        # Recovering replaces a live subscription: what it holds would be sent twice.
+        hub._remove_subscriber(topic, client)
+        if self._memory is not None:
+            # One synchronous step: no publication can come between the read
+            # and the subscription.
+            result = self._memory.read(topic, policy, since, None)
+            self._count(since, result)
+            if not client._ending:
+                hub._add_subscriber(topic, client)
+                self._send(client, announce, result, ())
+            await trio.lowlevel.checkpoint()
+            return result
+        assert self._shared is not None
+        buffer: list[tuple[str, int, Message]] = []
+        self._buffers.setdefault(topic, {})[client] = buffer
+        self._shared.subscribe(topic)
+        ok = False
+        try:
+            # Subscribed first, read second: whatever is published after the
+            # read reaches the buffer.
+            await self._shared.wait_subscribed(topic)
+            position, entries, recovered = await self._shared.read(topic, policy, since, None)
+            ok = True
+        except HistoryUnavailableError:
+            self.history_errors += 1
+            raise
+        finally:
+            buffers = self._buffers.get(topic)
+            if buffers is not None:
+                buffers.pop(client, None)
+                if not buffers:
+                    del self._buffers[topic]
+            if not ok:
+                self._release(topic)
+        result = HistoryResult(position, _decode(entries), recovered)
+        self._count(since, result)
+        if client._ending:
+            self._release(topic)
+            return result
+        hub._add_subscriber(topic, client)
+        # The buffer holds what was published since the subscription took
+        # effect, in offset order; the read saw everything up to position.
+        later = [
+            message
+            for epoch, offset, message in buffer
+            if epoch != position.epoch or offset > position.offset
+        ]
+        self._send(client, announce, result, later)
+        return result
+
+    def _release(self, topic: str) -> None:
+        hub = self._hub
+        if topic not in hub._topics and topic not in self._buffers:
+            assert self._shared is not None
+            self._shared.unsubscribe(topic)
+
+    def buffered(self, topic: str) -> bool:
+        """Whether clients are recovering ``topic`` (the backend must stay subscribed)."""
+        return topic in self._buffers
+
+    def forget(self, client: Client) -> None:
+        """``client`` left: drop it from any recovery under way."""
+        for buffers in self._buffers.values():
+            buffers.pop(client, None)
+
+    def _count(self, since: StreamPosition | None, result: HistoryResult) -> None:
+        if since is None:
+            return
+        if result.recovered:
+            self.recoveries += 1
+        else:
+            self.recovery_failures += 1
+
+    @staticmethod
+    def _send(
+        client: Client,
+        announce: Callable[[HistoryResult], Message | None] | None,
+        result: HistoryResult,
+        later: Sequence[Message],
+    ) -> None:
+        if announce is not None:
+            first = announce(result)
+            if first is not None:
+                client._offer(first)
+        for publication in result.publications:
+            if client._ending:
+                return
+            client._offer(publication.message)
+        for message in later:
+            if client._ending:
+                return
+            client._offer(message)
+
+    def sizes(self) -> dict[str, int]:
+        return self._memory.sizes() if self._memory is not None else {}
+
+    def trim(self, topic: str, keep: int) -> None:
+        if self._memory is not None:
+            self._memory.trim(topic, keep)
+
+
+def _decode(entries: Sequence[tuple[int, bytes]]) -> tuple[Publication, ...]:
+    publications = []
+    for offset, data in entries:
+        try:
+            message = stamp(Message.decode(data), offset)
+        except (HubError, ValueError):
+            logger.exception("dropped an undecodable publication from the history")
+            continue
+        publications.append(Publication(offset, message))
+    return tuple(publications)
