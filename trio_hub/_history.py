@@ -546,7 +546,7 @@ class HubHistory:
         if self._memory is not None:
             # One synchronous step: no publication can come between the read
             # and the subscription.
-            result = self._memory.read(topic, policy, since, None)
+            result = self._memory.read(topic, policy, since, None if since else 0)
             self._count(since, result)
             if not client._ending:
                 hub._add_subscriber(topic, client)
@@ -562,7 +562,9 @@ class HubHistory:
             # Subscribed first, read second: whatever is published after the
             # read reaches the buffer.
             await self._shared.wait_subscribed(topic)
-            position, entries, recovered = await self._shared.read(topic, policy, since, None)
+            position, entries, recovered = await self._shared.read(
+                topic, policy, since, None if since else 0
+            )
             ok = True
         except HistoryUnavailableError:
             self.history_errors += 1
