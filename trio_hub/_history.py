@@ -428,7 +428,7 @@ class HubHistory:
         self._queue_size = queue_size
         # Shared history: clients recovering a topic, each with the numbered
         # publications that arrived meanwhile.
-        self._buffers: dict[str, dict[Client, list[tuple[str, int, Message]]]] = {}
+        self._buffers: dict[str, dict[Client, _Recovering]] = {}
         # Shared history: the last (epoch, offset) delivered here, per topic.
         self._positions: dict[str, tuple[str, int]] = {}
         self.recoveries = 0
@@ -508,10 +508,24 @@ class HubHistory:
         if subscribers:
             hub._fan_out(subscribers, message)
         if buffers:
-            for client, buffer in list(buffers.items()):
-                buffer.append((epoch, offset, message))
-                if len(buffer) > self._queue_size:
-                    client._evict("queue full while recovering")
+            for client, recovering in list(buffers.items()):
+                floor = recovering.floor
+                if floor is None:
+                    # Still reading the history: keep it for the merge.
+                    recovering.pending.append((epoch, offset, message))
+                    if len(recovering.pending) > self._queue_size:
+                        client._evict("queue full while recovering")
+                    continue
+                # Replayed up to floor already: only what comes after.
+                if epoch != floor.epoch or offset > floor.offset:
+                    client._offer(message)
+                if epoch != floor.epoch or offset >= floor.offset:
+                    # The live stream has caught up with the replay.
+                    del buffers[client]
+                    if not client._ending:
+                        hub._add_subscriber(topic, client)
+            if not buffers:
+                del self._buffers[topic]
 
     # ------------------------------------------------------------ reading
 
@@ -554,8 +568,8 @@ class HubHistory:
             await trio.lowlevel.checkpoint()
             return result
         assert self._shared is not None
-        buffer: list[tuple[str, int, Message]] = []
-        self._buffers.setdefault(topic, {})[client] = buffer
+        recovering = _Recovering()
+        self._buffers.setdefault(topic, {})[client] = recovering
         self._shared.subscribe(topic)
         ok = False
         try:
@@ -570,28 +584,42 @@ class HubHistory:
             self.history_errors += 1
             raise
         finally:
-            buffers = self._buffers.get(topic)
-            if buffers is not None:
-                buffers.pop(client, None)
-                if not buffers:
-                    del self._buffers[topic]
             if not ok:
+                self._drop_recovering(topic, client)
                 self._release(topic)
         result = HistoryResult(position, _decode(entries), recovered)
         self._count(since, result)
         if client._ending:
+            self._drop_recovering(topic, client)
             self._release(topic)
             return result
-        hub._add_subscriber(topic, client)
-        # The buffer holds what was published since the subscription took
-        # effect, in offset order; the read saw everything up to position.
+        # What arrived live meanwhile is in offset order, and the read saw
+        # everything up to position: send what comes after it. The live
+        # stream to this node may also lag behind the read: until it reaches
+        # position, the client stays apart and gets only later offsets.
         later = [
             message
-            for epoch, offset, message in buffer
+            for epoch, offset, message in recovering.pending
             if epoch != position.epoch or offset > position.offset
         ]
         self._send(client, announce, result, later)
+        delivered = self._positions.get(topic)
+        if delivered is None or (
+            delivered[0] == position.epoch and delivered[1] < position.offset
+        ):
+            recovering.floor = position
+            recovering.pending = []
+        else:
+            self._drop_recovering(topic, client)
+            hub._add_subscriber(topic, client)
         return result
+
+    def _drop_recovering(self, topic: str, client: Client) -> None:
+        buffers = self._buffers.get(topic)
+        if buffers is not None:
+            buffers.pop(client, None)
+            if not buffers:
+                del self._buffers[topic]
 
     def _release(self, topic: str) -> None:
         hub = self._hub
@@ -642,6 +670,19 @@ class HubHistory:
     def trim(self, topic: str, keep: int) -> None:
         if self._memory is not None:
             self._memory.trim(topic, keep)
+
+
+@final
+class _Recovering:
+    """A client catching up on a topic with a shared history."""
+
+    __slots__ = ("floor", "pending")
+
+    def __init__(self) -> None:
+        # Live publications that arrived while the history was being read.
+        self.pending: list[tuple[str, int, Message]] = []
+        # Once replayed: the position replayed up to.
+        self.floor: StreamPosition | None = None
 
 
 def _decode(entries: Sequence[tuple[int, bytes]]) -> tuple[Publication, ...]:
