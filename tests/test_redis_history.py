@@ -23,8 +23,13 @@ import trio
 import trio.testing
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from hypothesis.stateful import run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from trio_websocket import WebSocketConnection, connect_websocket
 
 from trio_hub import HistoryUnavailableError, Hub, Message, StreamPosition, open_hub
@@ -408,9 +413,7 @@ class ClusterRecovery(RuleBasedStateMachine):
             for client in self.clients:
                 if client.connection is None:
                     continue
-                while sum(map(len, client.feed.values())) < sum(
-                    map(len, client.expected.values())
-                ):
+                while sum(map(len, client.feed.values())) < sum(map(len, client.expected.values())):
                     frame = await receive(client.connection)
                     assert frame["type"] == "message", frame
                     topic = frame["payload"]["topic"].partition("-")[0]

@@ -398,13 +398,13 @@ class HubHistory:
     """
 
     __slots__ = (
-        "_shared",
         "_buffers",
         "_hub",
         "_memory",
         "_policy",
         "_positions",
         "_queue_size",
+        "_shared",
         "gaps",
         "history_errors",
         "local_only",
@@ -604,9 +604,7 @@ class HubHistory:
         ]
         self._send(client, announce, result, later)
         delivered = self._positions.get(topic)
-        if delivered is None or (
-            delivered[0] == position.epoch and delivered[1] < position.offset
-        ):
+        if delivered is None or (delivered[0] == position.epoch and delivered[1] < position.offset):
             recovering.floor = position
             recovering.pending = []
         else:

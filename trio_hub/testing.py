@@ -44,8 +44,8 @@ from ._message import Message
 if TYPE_CHECKING:
     from ._client import Client
     from ._config import MessageHandler
-    from ._policy import SlowClientPolicy
     from ._history import HistoryPolicyFunction
+    from ._policy import SlowClientPolicy
     from .backends import Backend
 
 __all__ = [
