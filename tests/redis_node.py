@@ -83,4 +83,5 @@ async def main(redis_url: str, prefix: str, history_size: int | None = None) -> 
 if __name__ == "__main__":
     # Warnings only: nobody reads this process's stderr after the first line.
     logging.basicConfig(level=logging.WARNING)
-    trio.run(main, sys.argv[1], sys.argv[2], *(int(arg) for arg in sys.argv[3:4]))
+    history_size = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    trio.run(main, sys.argv[1], sys.argv[2], history_size)

@@ -224,7 +224,7 @@ def test_stream_position_checks_its_fields() -> None:
         StreamPosition(-1, "e")
     with pytest.raises(ValueError, match="offset"):
         StreamPosition(True, "e")
-    with pytest.raises(ValueError, match="epoch"):
+    with pytest.raises(TypeError, match="epoch"):
         StreamPosition(1, 5)  # type: ignore[arg-type]
 
 

@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 from trio_websocket import WebSocketConnection, connect_websocket
 
-from trio_hub import HistoryUnavailableError, Hub, Message, StreamPosition, open_hub
+from trio_hub import HistoryUnavailableError, Message, StreamPosition, open_hub
 from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, TestHub
 
@@ -56,8 +56,16 @@ def item(n: int) -> Message:
     return Message("message", {"topic": "t", "n": n})
 
 
+def field_of(message: Message, name: str) -> int:
+    payload = message.payload
+    assert isinstance(payload, dict)
+    value = payload[name]
+    assert isinstance(value, int)
+    return value
+
+
 def numbers(messages: list[Message]) -> list[int]:
-    return [m.payload["n"] for m in messages]  # type: ignore[call-overload, index]
+    return [field_of(m, "n") for m in messages]
 
 
 async def receive_n(client: MemoryClient, count: int) -> list[Message]:
@@ -96,7 +104,7 @@ async def test_recovery_across_nodes_while_publications_keep_coming(
             await done.wait()
             got = await receive_n(client, 300)
             assert numbers(got) == list(range(1, 301))
-            assert [m.payload["offset"] for m in got] == list(range(1, 301))  # type: ignore[call-overload, index]
+            assert [field_of(m, "offset") for m in got] == list(range(1, 301))
             assert numbers(await receive_n(watcher, 250)) == list(range(51, 301))
             node_b.publish("t", item(301))
             # Nothing twice: the next thing either receives is the next publication.
@@ -144,7 +152,8 @@ async def test_redis_restart_while_clients_recover(redis_server: RedisServer) ->
             result = await test_hub.recover(again, "t", before)
             assert not result.recovered
             assert result.publications == ()
-            assert result.position.epoch != before.epoch  # type: ignore[union-attr]
+            assert before is not None
+            assert result.position.epoch != before.epoch
             hub.publish("t", item(7))
             assert (await again.receive()).payload == {"topic": "t", "n": 7, "offset": 1}
             assert hub.statistics().recovery_failures == 1
@@ -426,10 +435,6 @@ class ClusterRecovery(RuleBasedStateMachine):
 
 def test_three_processes_recover_exactly(history_cluster: Cluster) -> None:
     run_state_machine_as_test(
-        partial(ClusterRecovery, history_cluster),
+        partial(ClusterRecovery, history_cluster),  # type: ignore[arg-type]
         settings=settings(max_examples=12, stateful_step_count=15, deadline=None),
     )
-
-
-def _unused(_: Hub) -> None:  # keeps the Hub import for annotations above
-    pass

@@ -80,7 +80,7 @@ class StreamPosition:
         if not isinstance(self.offset, int) or isinstance(self.offset, bool) or self.offset < 0:
             raise ValueError(f"offset must be an int >= 0, got {self.offset!r}")
         if not isinstance(self.epoch, str):
-            raise ValueError(f"epoch must be a str, got {self.epoch!r}")
+            raise TypeError(f"epoch must be a str, got {self.epoch!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +162,9 @@ def stamp(message: Message, offset: int) -> Message:
     """
     payload = message.payload
     if not isinstance(payload, Mapping):
-        raise ValueError(
+        # ValueError, as for any JSON value of the wrong shape (the payload's
+        # Python type is not the point).
+        raise ValueError(  # noqa: TRY004
             "a message published on a topic with history needs an object payload "
             f"(it gets an {OFFSET_FIELD!r} field), got {type(payload).__name__}"
         )

@@ -214,7 +214,9 @@ return 1
 """
 
 _SCRIPTS: Final = (_APPEND_SCRIPT, _READ_SCRIPT, _RESET_SCRIPT)
-_APPEND_SHA, _READ_SHA, _RESET_SHA = (hashlib.sha1(script).hexdigest().encode() for script in _SCRIPTS)
+_APPEND_SHA, _READ_SHA, _RESET_SHA = (
+    hashlib.sha1(script).hexdigest().encode() for script in _SCRIPTS
+)
 
 # An outbox entry: (channel, data) for a plain publication, or
 # (channel, data, numbered) for one on a topic with history.
@@ -408,9 +410,7 @@ class RedisBackend:
         base = f"{self._prefix}:history:{topic}"
         return f"{base}:meta".encode(), f"{base}:stream".encode()
 
-    def append(
-        self, topic: str, policy: HistoryPolicy, data: bytes, reply: _Reply | None
-    ) -> bool:
+    def append(self, topic: str, policy: HistoryPolicy, data: bytes, reply: _Reply | None) -> bool:
         """Number, keep and publish a message on a topic with history, via Redis.
 
         The node delivers it to its own clients when Redis sends it back,
@@ -686,7 +686,7 @@ class RedisBackend:
         # they are dropped and counted as every publication made during it is.
         while True:
             try:
-                channel, data, numbered = self._outbox_receive.receive_nowait()
+                _, data, numbered = self._outbox_receive.receive_nowait()
             except trio.WouldBlock:
                 break
             self._publish_failures += 1
@@ -818,7 +818,7 @@ class RedisBackend:
     def _handle_numbered(self, topic: object, data: bytes) -> None:
         # Every node delivers numbered publications when Redis sends them,
         # its own included: that is what gives all nodes one order per topic.
-        sink = self._sink
+        sink: object = self._sink
         try:
             offset_text, epoch, message = data[_HEADER_SIZE:].split(b" ", 2)
             offset = int(offset_text)
