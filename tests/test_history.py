@@ -10,6 +10,7 @@ each rule runs in it with trio.from_thread: Hypothesis drives, trio executes.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -17,20 +18,27 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from trio_websocket import ConnectionClosed
 
 from trio_hub import (
+    CloseCode,
     HistoryError,
     HistoryPolicy,
     HistoryResult,
     Message,
     StreamPosition,
     open_hub,
+    protocol_handler,
+    serve_hub,
 )
 from trio_hub.testing import MemoryClient, TestHub, open_test_hub
+
+from .realws import open_client
 
 T = TypeVar("T")
 
@@ -420,3 +428,84 @@ class MemoryRecovery(RuleBasedStateMachine):
 
 TestMemoryRecovery = MemoryRecovery.TestCase
 TestMemoryRecovery.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+# ------------------------------------------------------------- real sockets
+
+
+async def test_a_client_that_reconnects_during_a_burst_gets_everything_once() -> None:
+    """Over real sockets: the wire protocol's recover, mid-burst, twice."""
+    total = 600
+    with trio.fail_after(30):
+        async with (
+            open_hub(on_message=protocol_handler, history_size=total) as hub,
+            trio.open_nursery() as nursery,
+        ):
+            server = await nursery.start(serve_hub, hub, "127.0.0.1", 0)
+            received: list[int] = []
+            position: dict[str, Any] | None = None
+            burst_started = trio.Event()
+            burst_done = trio.Event()
+            missed = 0  # publications made while the client was away
+
+            published = 0
+
+            def publish() -> None:
+                nonlocal published
+                if published < total:
+                    published += 1
+                    hub.publish("news", Message("message", {"topic": "news", "data": published}))
+
+            # The burst runs at most 40 publications ahead of the reader, so
+            # that some are still to come whenever the connection drops.
+            credit_send, credit_receive = trio.open_memory_channel[None](math.inf)
+            for _ in range(40):
+                credit_send.send_nowait(None)
+
+            async def burst() -> None:
+                await burst_started.wait()
+                while published < total:
+                    await credit_receive.receive()
+                    publish()
+                burst_done.set()
+
+            nursery.start_soon(burst)
+            for session in range(3):
+                async with open_client(server.port) as connection:
+                    payload: dict[str, Any] = {"topic": "news"}
+                    if position is not None:
+                        payload["recover"] = position
+                    await connection.send_message(
+                        json.dumps({"type": "subscribe", "payload": payload})
+                    )
+                    subscribed = json.loads(await connection.get_message())
+                    assert subscribed["type"] == "subscribed"
+                    if position is not None:
+                        assert subscribed["payload"]["recovered"] is True
+                        missed += subscribed["payload"]["offset"] - position["offset"]
+                    epoch = subscribed["payload"]["epoch"]
+                    burst_started.set()
+                    # Read a part, then the server drops the connection with
+                    # frames queued and in flight; read what still arrives.
+                    want = total if session == 2 else (session + 1) * total // 4
+                    try:
+                        while not received or received[-1] < total:
+                            if session < 2 and received and received[-1] >= want:
+                                for client in hub.clients:
+                                    client.close(CloseCode.INTERNAL_ERROR, "killed")
+                                # The burst goes on while the client is away.
+                                for _ in range(20):
+                                    publish()
+                            frame = json.loads(await connection.get_message())
+                            assert frame["type"] == "message"
+                            assert frame["payload"]["offset"] == frame["payload"]["data"]
+                            received.append(frame["payload"]["data"])
+                            credit_send.send_nowait(None)
+                    except ConnectionClosed:
+                        assert session < 2
+                    position = {"offset": received[-1], "epoch": epoch}
+            await burst_done.wait()
+            assert received == list(range(1, total + 1))
+            assert hub.statistics().recoveries == 2
+            assert missed > 0
+            await server.aclose()
