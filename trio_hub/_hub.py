@@ -699,7 +699,7 @@ async def open_hub(
     backend: Backend | None = None,
     history_size: int | None = None,
     history_ttl: float | None = None,
-    history: HistoryPolicyFunction | None = None,
+    history: Callable[[str], HistoryPolicy | None] | None = None,
     max_history_topics: int = 10_000,
 ) -> AsyncIterator[Hub]:
     """Open a hub that owns a nursery for its clients' tasks.

@@ -91,12 +91,19 @@ async def protocol_handler(client: Client, message: Message) -> None:
       ``{"type": "broadcastResult", "payload": <the same>, "listenerCount": N}``
       (``listenerCount`` sits beside the payload, as websocket-shootout has it).
     * ``subscribe`` with ``{"topic": T}``: the sender gets ``subscribed``
-      ``{"topic": T}``. Subscribing twice is harmless.
+      ``{"topic": T}``. Subscribing twice is harmless. On a topic with history
+      (:ref:`wire-recovery`), ``subscribed`` also carries ``"offset"`` (the
+      topic's last offset) and ``"epoch"``, and ``subscribe`` may carry
+      ``"recover": {"offset": N, "epoch": E}``: ``subscribed`` then says
+      ``"recovered": true`` and is followed by every publication after ``N``
+      as ordinary ``message`` frames, before any later one, or says
+      ``"recovered": false`` and replays nothing.
     * ``unsubscribe`` with ``{"topic": T}``: the sender gets ``unsubscribed``
       ``{"topic": T}``, whether it was subscribed or not.
     * ``publish`` with ``{"topic": T, "data": X}`` (``data`` defaults to
       ``null``): each subscriber of T, the sender too if subscribed, gets
-      ``message`` ``{"topic": T, "data": X}``; then the sender gets
+      ``message`` ``{"topic": T, "data": X}`` (with ``"offset": N`` on a
+      topic with history); then the sender gets
       ``publishResult`` ``{"topic": T, "listenerCount": N}``.
 
     A topic is a non-empty string of at most :data:`MAX_TOPIC_LENGTH`
@@ -110,8 +117,10 @@ async def protocol_handler(client: Client, message: Message) -> None:
         the connection stays open. ``C`` is ``unknown_type`` (no such message
         type), ``invalid_payload`` (the payload does not have the shape the
         type needs: not an object, a missing, empty, non-string or too long
-        topic, or an unknown field) or ``limit_exceeded`` (one ``subscribe``
-        too many). The hub itself answers frames that are not JSON
+        topic, an unknown field, or a malformed ``recover``), ``limit_exceeded``
+        (one ``subscribe`` too many) or ``history_unavailable`` (a
+        ``subscribe`` on a topic with history while the shared history is
+        unreachable; the client is not subscribed). The hub itself answers frames that are not JSON
         (``invalid_json``) or not an envelope (``invalid_envelope``) before any
         handler sees them.
 

@@ -437,7 +437,7 @@ class RedisBackend:
         since: StreamPosition | None,
         limit: int | None,
     ) -> tuple[StreamPosition, list[tuple[int, bytes]], bool]:
-        """Read a topic's position and history from Redis; see :class:`SharedHistory`.
+        """Read a topic's position and the publications after ``since``, from Redis.
 
         Raises:
             HistoryUnavailableError: if Redis is out of reach, or does not
