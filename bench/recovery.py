@@ -24,7 +24,8 @@ Two measurements, each against ``python -m trio_hub serve`` subprocesses:
   (where, with history, every publication is one Lua script call in Redis and
   comes back to the node through pub/sub before it is delivered).
 
-The load generator runs in this process (trio + trio-websocket), pinned to the
+The load generator runs in this process, on loadgen.py's bare frame walker (a
+WebSocket library per client would cost more CPU than the server), pinned to the
 last core; servers and Redis to the others. Medians over the repeats. Results go
 to ``bench/results/recovery-<UTC time>.json`` (``quick-recovery-*`` with
 ``--quick``). A failed run makes the exit status 1.
@@ -33,6 +34,7 @@ to ``bench/results/recovery-<UTC time>.json`` (``quick-recovery-*`` with
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import json
@@ -42,15 +44,17 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import psutil
-import trio
-from trio_websocket import WebSocketConnection, connect_websocket
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import raise_open_files_limit
+from loadgen import (
+    _OP_TEXT,
+    Fanout,
+    _Connection,
+    _handshake_request,
+    mask_frame,
+    raise_open_files_limit,
+)
 from run import BENCH, PYTHON, ServerSpec, running_server
 from scaleout import redis_server
 
@@ -75,65 +79,88 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total
 
 
-async def send(connection: WebSocketConnection, type_: str, payload: Any) -> None:
-    await connection.send_message(json.dumps({"type": type_, "payload": payload}))
+class Client(_Connection):
+    """A bare client (loadgen's frame walker): counts ``message`` frames, keeps the rest."""
+
+    def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
+        super().__init__(fanout, request, accept)
+        self.messages = 0
+        self.others: list[dict[str, Any]] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.want_messages = 0
+        self.want_others = 0
+
+    def message(self, buf: bytes | bytearray, start: int, end: int, opcode: int) -> None:
+        # No JSON decoding for the many: the server writes "type" first.
+        if buf.startswith(b'{"type":"message"', start):
+            self.messages += 1
+        else:
+            self.others.append(json.loads(bytes(buf[start:end])))
+        self._check()
+
+    def _check(self) -> None:
+        waiter = self.waiter
+        if (
+            waiter is not None
+            and not waiter.done()
+            and self.messages >= self.want_messages
+            and len(self.others) >= self.want_others
+        ):
+            waiter.set_result(None)
+
+    async def wait(self, *, messages: int = 0, others: int = 0) -> None:
+        """Wait until this client has at least so many of each, in all."""
+        self.want_messages, self.want_others = messages, others
+        self.waiter = asyncio.get_running_loop().create_future()
+        self._check()
+        await self.waiter
+
+    def submit(self, type_: str, payload: Any) -> None:
+        self.send(mask_frame(_OP_TEXT, json.dumps({"type": type_, "payload": payload}).encode()))
 
 
-async def receive(connection: WebSocketConnection) -> dict[str, Any]:
-    frame = json.loads(await connection.get_message())
-    assert isinstance(frame, dict)
-    return frame
-
-
-async def open_clients(nursery: trio.Nursery, port: int, count: int) -> list[WebSocketConnection]:
+async def open_clients(port: int, count: int) -> list[Client]:
+    loop = asyncio.get_running_loop()
+    fanout = Fanout(0, [])
     clients = []
     for _ in range(count):
-        clients.append(await connect_websocket(nursery, "127.0.0.1", port, "/", use_ssl=False))
+        request, accept = _handshake_request("127.0.0.1", port)
+        _, protocol = await loop.create_connection(
+            lambda request=request, accept=accept: Client(fanout, request, accept),
+            "127.0.0.1",
+            port,
+        )
+        await protocol.opened
+        clients.append(protocol)
     return clients
-
-
-async def receive_messages(connection: WebSocketConnection, count: int) -> None:
-    got = 0
-    while got < count:
-        frame = await receive(connection)
-        if frame["type"] == "message":
-            got += 1
 
 
 async def measure_recovery(
     port: int, pids: Sequence[int], clients: int, missed: int
 ) -> dict[str, float]:
-    with trio.fail_after(TIMEOUT_S):
-        return await _measure_recovery(port, pids, clients, missed)
-
-
-async def _measure_recovery(
-    port: int, pids: Sequence[int], clients: int, missed: int
-) -> dict[str, float]:
-    async with trio.open_nursery() as nursery:
-        publisher, *connections = await open_clients(nursery, port, clients + 1)
-        await send(publisher, "subscribe", {"topic": TOPIC})
-        start = (await receive(publisher))["payload"]
-        for n in range(missed):
-            await send(publisher, "publish", {"topic": TOPIC, "data": n})
-        await receive_messages(publisher, missed)  # all in the history now
-        recover = {"topic": TOPIC, "recover": {"offset": start["offset"], "epoch": start["epoch"]}}
-        cpu_before = cpu_seconds(pids)
-        began = time.perf_counter()
-
-        async def recover_one(connection: WebSocketConnection) -> None:
-            await send(connection, "subscribe", recover)
-            subscribed = await receive(connection)
-            assert subscribed["payload"]["recovered"] is True, subscribed
-            await receive_messages(connection, missed)
-
-        async with trio.open_nursery() as recoveries:
-            for connection in connections:
-                recoveries.start_soon(recover_one, connection)
-        elapsed = time.perf_counter() - began
-        cpu = cpu_seconds(pids) - cpu_before
-        for connection in [publisher, *connections]:
-            await connection.aclose()
+    publisher, *connections = await asyncio.wait_for(open_clients(port, clients + 1), TIMEOUT_S)
+    publisher.submit("subscribe", {"topic": TOPIC})
+    await publisher.wait(others=1)
+    start = publisher.others[0]["payload"]
+    for n in range(missed):
+        publisher.submit("publish", {"topic": TOPIC, "data": n})
+    await asyncio.wait_for(publisher.wait(messages=missed, others=1 + missed), TIMEOUT_S)
+    recover = {"topic": TOPIC, "recover": {"offset": start["offset"], "epoch": start["epoch"]}}
+    cpu_before = cpu_seconds(pids)
+    began = time.perf_counter()
+    for connection in connections:
+        connection.submit("subscribe", recover)
+    await asyncio.wait_for(
+        asyncio.gather(*(c.wait(messages=missed, others=1) for c in connections)), TIMEOUT_S
+    )
+    elapsed = time.perf_counter() - began
+    cpu = cpu_seconds(pids) - cpu_before
+    for connection in connections:
+        subscribed = connection.others[0]
+        if subscribed.get("payload", {}).get("recovered") is not True:
+            raise RuntimeError(f"a recovery failed: {subscribed}")
+    for connection in [publisher, *connections]:
+        connection.close()
     return {
         "seconds": elapsed,
         "cpu_s": cpu,
@@ -145,33 +172,25 @@ async def _measure_recovery(
 async def measure_publications(
     port: int, pids: Sequence[int], clients: int, publications: int
 ) -> dict[str, float]:
-    with trio.fail_after(TIMEOUT_S):
-        return await _measure_publications(port, pids, clients, publications)
-
-
-async def _measure_publications(
-    port: int, pids: Sequence[int], clients: int, publications: int
-) -> dict[str, float]:
-    async with trio.open_nursery() as nursery:
-        publisher, *connections = await open_clients(nursery, port, clients + 1)
-        for connection in connections:
-            await send(connection, "subscribe", {"topic": TOPIC})
-            await receive(connection)
-        cpu_before = cpu_seconds(pids)
-        began = time.perf_counter()
-        sent = 0
-        while sent < publications:
-            batch = min(4, publications - sent)
-            for n in range(batch):
-                await send(publisher, "publish", {"topic": TOPIC, "data": sent + n})
-            async with trio.open_nursery() as receivers:
-                for connection in connections:
-                    receivers.start_soon(receive_messages, connection, batch)
-            sent += batch
-        elapsed = time.perf_counter() - began
-        cpu = cpu_seconds(pids) - cpu_before
-        for connection in [publisher, *connections]:
-            await connection.aclose()
+    publisher, *connections = await asyncio.wait_for(open_clients(port, clients + 1), TIMEOUT_S)
+    for connection in connections:
+        connection.submit("subscribe", {"topic": TOPIC})
+    await asyncio.wait_for(asyncio.gather(*(c.wait(others=1) for c in connections)), TIMEOUT_S)
+    cpu_before = cpu_seconds(pids)
+    began = time.perf_counter()
+    sent = 0
+    while sent < publications:
+        batch = min(4, publications - sent)
+        for n in range(batch):
+            publisher.submit("publish", {"topic": TOPIC, "data": sent + n})
+        sent += batch
+        await asyncio.wait_for(
+            asyncio.gather(*(c.wait(messages=sent) for c in connections)), TIMEOUT_S
+        )
+    elapsed = time.perf_counter() - began
+    cpu = cpu_seconds(pids) - cpu_before
+    for connection in [publisher, *connections]:
+        connection.close()
     return {
         "seconds": elapsed,
         "cpu_s": cpu,
@@ -198,8 +217,10 @@ def run_case(
         with running_server(spec, min(server_cpus)) as (pid, port, _):
             pids = [pid] + ([redis_pid] if redis_pid is not None else [])
             if kind == "recovery":
-                return trio.run(measure_recovery, port, pids, options.clients, options.missed)
-            return trio.run(measure_publications, port, pids, options.clients, options.publications)
+                measure = measure_recovery(port, pids, options.clients, options.missed)
+            else:
+                measure = measure_publications(port, pids, options.clients, options.publications)
+            return asyncio.run(measure)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -112,6 +112,44 @@ async def test_recovery_across_nodes_while_publications_keep_coming(
             assert node_a.statistics().recoveries == 1
 
 
+async def test_many_recoveries_from_one_position_at_once(redis_server: RedisServer) -> None:
+    """They share reads (one per batch of askers), and each still gets it all exactly once."""
+    with trio.fail_after(LIMIT):
+        async with (
+            open_hub(backend=RedisBackend(redis_server.url), history_size=1000) as node,
+            trio.open_nursery() as nursery,
+        ):
+            test_hub = TestHub(node)
+            start = await node.position("t")
+            for n in range(1, 21):
+                node.publish("t", item(n))
+            await node.publish_with_position("t", item(21))
+            clients = [test_hub.connect(wire_capacity=math.inf) for _ in range(20)]
+            done = trio.Event()
+
+            async def keep_publishing() -> None:
+                for n in range(22, 101):
+                    node.publish("t", item(n))
+                    await trio.lowlevel.checkpoint()
+                done.set()
+
+            async def recover(client: MemoryClient) -> None:
+                result = await test_hub.recover(client, "t", start)
+                assert result.recovered
+
+            nursery.start_soon(keep_publishing)
+            async with trio.open_nursery() as recoveries:
+                for client in clients:
+                    recoveries.start_soon(recover, client)
+            await done.wait()
+            for client in clients:
+                assert numbers(await receive_n(client, 100)) == list(range(1, 101))
+            node.publish("t", item(101))
+            for client in clients:
+                assert numbers([await client.receive()]) == [101]
+            assert node.statistics().recoveries == 20
+
+
 async def test_redis_restart_while_clients_recover(redis_server: RedisServer) -> None:
     """Killed and restarted: every recovery is exact, recovered=False, or an error."""
     url = redis_server.url

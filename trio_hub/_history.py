@@ -406,6 +406,7 @@ class HubHistory:
         "_policy",
         "_positions",
         "_queue_size",
+        "_reads",
         "_shared",
         "gaps",
         "history_errors",
@@ -431,6 +432,9 @@ class HubHistory:
         # Shared history: clients recovering a topic, each with the numbered
         # publications that arrived meanwhile.
         self._buffers: dict[str, dict[Client, _Recovering]] = {}
+        # Shared history: reads about to be sent, which other recoveries from
+        # the same position may join.
+        self._reads: dict[tuple[str, StreamPosition | None, int | None], _SharedRead] = {}
         # Shared history: the last (epoch, offset) delivered here, per topic.
         self._positions: dict[str, tuple[str, int]] = {}
         self.recoveries = 0
@@ -578,9 +582,7 @@ class HubHistory:
             # Subscribed first, read second: whatever is published after the
             # read reaches the buffer.
             await self._shared.wait_subscribed(topic)
-            position, entries, recovered = await self._shared.read(
-                topic, policy, since, None if since else 0
-            )
+            result = await self._read_together(topic, policy, since, None if since else 0)
             ok = True
         except HistoryUnavailableError:
             self.history_errors += 1
@@ -589,7 +591,7 @@ class HubHistory:
             if not ok:
                 self._drop_recovering(topic, client)
                 self._release(topic)
-        result = HistoryResult(position, _decode(entries), recovered)
+        position = result.position
         self._count(since, result)
         if client._ending:
             self._drop_recovering(topic, client)
@@ -620,6 +622,45 @@ class HubHistory:
             buffers.pop(client, None)
             if not buffers:
                 del self._buffers[topic]
+
+    async def _read_together(
+        self,
+        topic: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> HistoryResult:
+        # After a restart or a network blip, many clients recover from the same
+        # position at once: one read serves all those that ask before it is
+        # sent. Only those: a read sent before a client's buffer was in place
+        # could miss what was published in between.
+        assert self._shared is not None
+        key = (topic, since, limit)
+        while True:
+            pending = self._reads.get(key)
+            if pending is None:
+                break
+            await pending.done.wait()
+            if pending.result is not None:
+                return pending.result
+            if pending.error is not None:
+                raise HistoryUnavailableError(str(pending.error)) from pending.error
+            # The task that read was cancelled: read again.
+        pending = self._reads[key] = _SharedRead()
+        try:
+            try:
+                await trio.lowlevel.checkpoint()  # let the others join
+            finally:
+                del self._reads[key]
+            position, entries, recovered = await self._shared.read(topic, policy, since, limit)
+            # Decoded once: every client that it serves gets the same frames.
+            pending.result = HistoryResult(position, _decode(entries), recovered)
+        except HistoryUnavailableError as exc:
+            pending.error = exc
+            raise
+        finally:
+            pending.done.set()
+        return pending.result
 
     def _release(self, topic: str) -> None:
         hub = self._hub
@@ -670,6 +711,18 @@ class HubHistory:
     def trim(self, topic: str, keep: int) -> None:
         if self._memory is not None:
             self._memory.trim(topic, keep)
+
+
+@final
+class _SharedRead:
+    """One history read that several recoveries wait for."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: HistoryResult | None = None
+        self.error: HistoryUnavailableError | None = None
 
 
 @final
