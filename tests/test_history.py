@@ -15,6 +15,7 @@ import math
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from unittest.mock import ANY
 
 import pytest
 import trio
@@ -209,6 +210,79 @@ async def test_the_number_of_topics_with_history_is_bounded() -> None:
         again = await hub.position("a")
         assert again.epoch != first.epoch
         assert not (await hub.history("a", since=first)).recovered
+
+
+async def test_subscriptions_do_not_push_out_the_history_of_busy_topics() -> None:
+    async with open_test_hub(history_size=5, max_history_topics=2) as test_hub:
+        hub = test_hub.hub
+        busy = await hub.publish_with_position("busy", news(1, "busy"))
+        client = test_hub.connect()
+        for n in range(10):  # reading positions creates no history
+            await test_hub.recover(client, f"quiet-{n}")
+        assert set(hub.statistics().history_sizes) == {"busy"}
+        assert (await hub.history("busy", since=StreamPosition(0, busy.epoch))).recovered
+
+
+async def test_the_wire_protocol_recovers_and_reports() -> None:
+    async with open_test_hub(on_message=protocol_handler, history_size=10) as test_hub:
+        hub = test_hub.hub
+        bob = test_hub.connect()
+        await bob.send(Message("subscribe", {"topic": "news"}))
+        subscribed = await bob.expect("subscribed", {"topic": "news", "offset": 0, "epoch": ANY})
+        epoch = subscribed.payload["epoch"]  # type: ignore[call-overload, index]
+        hub.publish("news", news(1))
+        hub.publish("news", news(2))
+        await bob.expect("message", {"topic": "news", "n": 1, "offset": 1})
+        await bob.expect("message", {"topic": "news", "n": 2, "offset": 2})
+        again = test_hub.connect()
+        await again.send(
+            Message("subscribe", {"topic": "news", "recover": {"offset": 1, "epoch": epoch}})
+        )
+        await again.expect(
+            "subscribed", {"topic": "news", "offset": 2, "epoch": epoch, "recovered": True}
+        )
+        await again.expect("message", {"topic": "news", "n": 2, "offset": 2})
+        await again.send(
+            Message("subscribe", {"topic": "news", "recover": {"offset": 1, "epoch": "x"}})
+        )
+        await again.expect(
+            "subscribed", {"topic": "news", "offset": 2, "epoch": epoch, "recovered": False}
+        )
+        hub.publish("news", news(3))
+        await again.expect("message", {"topic": "news", "n": 3, "offset": 3})
+        assert again.pending == 0
+
+
+@pytest.mark.parametrize(
+    "recover",
+    [
+        5,
+        {"offset": 1},
+        {"offset": -1, "epoch": "e"},
+        {"offset": True, "epoch": "e"},
+        {"offset": 1, "epoch": 2},
+        {"offset": 1, "epoch": "e", "extra": 0},
+    ],
+)
+async def test_a_malformed_recover_is_an_invalid_payload(recover: object) -> None:
+    async with open_test_hub(on_message=protocol_handler, history_size=10) as test_hub:
+        client = test_hub.connect()
+        await client.send(Message("subscribe", {"topic": "news", "recover": recover}))  # type: ignore[dict-item]
+        await client.expect("error", {"code": "invalid_payload", "detail": ANY})
+        assert client.server_side.topics == frozenset()
+        await client.send(Message("echo", "still open"))
+        await client.expect("echo", "still open")
+
+
+async def test_recover_on_a_topic_without_history_is_not_recovered() -> None:
+    async with open_test_hub(on_message=protocol_handler) as test_hub:
+        client = test_hub.connect()
+        await client.send(
+            Message("subscribe", {"topic": "news", "recover": {"offset": 3, "epoch": "e"}})
+        )
+        await client.expect("subscribed", {"topic": "news", "recovered": False})
+        test_hub.hub.publish("news", Message("message", {"topic": "news", "data": 1}))
+        await client.expect("message", {"topic": "news", "data": 1})
 
 
 @pytest.mark.parametrize(

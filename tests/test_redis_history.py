@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
+from unittest.mock import ANY
 
 import coredis
 import pytest
@@ -32,7 +33,7 @@ from hypothesis.stateful import (
 )
 from trio_websocket import WebSocketConnection, connect_websocket
 
-from trio_hub import HistoryUnavailableError, Message, StreamPosition, open_hub
+from trio_hub import HistoryUnavailableError, Message, StreamPosition, open_hub, protocol_handler
 from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, TestHub
 
@@ -476,3 +477,24 @@ def test_three_processes_recover_exactly(history_cluster: Cluster) -> None:
         partial(ClusterRecovery, history_cluster),  # type: ignore[arg-type]
         settings=settings(max_examples=12, stateful_step_count=15, deadline=None),
     )
+
+
+async def test_the_wire_protocol_says_history_unavailable(redis_server: RedisServer) -> None:
+    with trio.fail_after(LIMIT):
+        backend = RedisBackend(
+            redis_server.url, io_timeout=1, keepalive_interval=0.2, max_reconnect_delay=0.1
+        )
+        async with open_hub(backend=backend, history_size=10, on_message=protocol_handler) as hub:
+            test_hub = TestHub(hub)
+            redis_server.kill()
+            while backend.statistics().state != "disconnected":  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            client = test_hub.connect()
+            await client.send(Message("subscribe", {"topic": "news"}))
+            await client.expect("error", {"code": "history_unavailable", "detail": ANY})
+            assert client.server_side.topics == frozenset()
+            redis_server.start()
+            while backend.statistics().state != "connected":  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await client.send(Message("subscribe", {"topic": "news"}))
+            await client.expect("subscribed", {"topic": "news", "offset": 0, "epoch": ANY})

@@ -30,6 +30,7 @@ from ._message import Message
 
 if TYPE_CHECKING:
     from ._client import Client
+    from .backends._base import Backend
 
 logger: Final = logging.getLogger("trio_hub")
 
@@ -190,9 +191,9 @@ def check_stampable(message: Message) -> None:
 class _TopicHistory:
     __slots__ = ("entries", "epoch", "offset", "policy")
 
-    def __init__(self, policy: HistoryPolicy) -> None:
+    def __init__(self, policy: HistoryPolicy, epoch: str) -> None:
         self.policy = policy
-        self.epoch = new_epoch()
+        self.epoch = epoch
         self.offset = 0
         # (offset, expires at, message as delivered), oldest first.
         self.entries: deque[tuple[int, float, Message]] = deque()
@@ -211,16 +212,23 @@ class _MemoryHistory:
     each topic keeps at most its policy's ``size`` publications, and at most
     ``max_topics`` topics keep history; the one that published least recently
     loses its history (and its epoch) when one more comes.
+
+    Only publications create a topic's history: reading a topic that has none
+    (subscribing to it) costs nothing, so subscriptions cannot push out the
+    history of busy topics. Such a topic stands at offset 0 in the *base
+    epoch*, the epoch that its history gets when it is created; the base epoch
+    changes whenever a topic loses its history, so that a topic that comes back
+    never reuses an epoch.
     """
 
-    __slots__ = ("_dropped_topics", "_max_topics", "_policy", "_topics")
+    __slots__ = ("_base_epoch", "_max_topics", "_policy", "_topics")
 
     def __init__(self, policy: HistoryPolicyFunction, max_topics: int) -> None:
         self._policy = policy
         self._max_topics = max_topics
         # Least recently published first.
         self._topics: OrderedDict[str, _TopicHistory] = OrderedDict()
-        self._dropped_topics = 0
+        self._base_epoch = new_epoch()
 
     def policy(self, topic: str) -> HistoryPolicy | None:
         return self._policy(topic)
@@ -230,8 +238,8 @@ class _MemoryHistory:
         if history is None:
             if len(self._topics) >= self._max_topics:
                 self._topics.popitem(last=False)
-                self._dropped_topics += 1
-            history = self._topics[topic] = _TopicHistory(policy)
+                self._base_epoch = new_epoch()
+            history = self._topics[topic] = _TopicHistory(policy, self._base_epoch)
         else:
             self._topics.move_to_end(topic)
         return history
@@ -260,7 +268,11 @@ class _MemoryHistory:
         since: StreamPosition | None,
         limit: int | None,
     ) -> HistoryResult:
-        history = self._topic(topic, policy)
+        history = self._topics.get(topic)
+        if history is None:
+            position = StreamPosition(0, self._base_epoch)
+            recovered = since is None or since == position
+            return HistoryResult(position, (), recovered)
         history.expire(trio.current_time())
         position = StreamPosition(history.offset, history.epoch)
         entries = history.entries
@@ -378,6 +390,7 @@ class _HubInternals(Protocol):
 
     _topics: dict[str, dict[Client, None]]
     _closing: bool
+    _backend: Backend | None
 
     def _fan_out(self, clients: dict[Client, None], message: Message) -> int: ...
 
@@ -466,6 +479,9 @@ class HubHistory:
         if self._memory is not None:
             position, stamped = self._memory.append(topic, policy, message)
             count = hub._fan_out(subscribers, stamped) if subscribers else 0
+            if hub._backend is not None:
+                # A backend without a shared history: each node numbers its own.
+                hub._backend.publish(topic, stamped.encode())
             if reply is not None:
                 reply(position)
             return count
@@ -505,6 +521,11 @@ class HubHistory:
                     last[1] + 1,
                     offset - 1,
                 )
+        elif last is not None:
+            # Redis lost the topic's history (or a node reset its epoch): what
+            # came between may never have reached this node either.
+            self.gaps += 1
+            logger.warning("topic %r: its history was reset (new epoch)", topic)
         subscribers = hub._topics.get(topic)
         buffers = self._buffers.get(topic)
         if subscribers is None and buffers is None:
@@ -672,8 +693,11 @@ class HubHistory:
         """Whether clients are recovering ``topic`` (the backend must stay subscribed)."""
         return topic in self._buffers
 
-    def forget(self, client: Client) -> None:
-        """``client`` left: drop it from any recovery under way."""
+    def forget(self, client: Client, topic: str | None = None) -> None:
+        """``client`` left (or unsubscribed from ``topic``): drop its recoveries under way."""
+        if topic is not None:
+            self._drop_recovering(topic, client)
+            return
         for buffers in self._buffers.values():
             buffers.pop(client, None)
 

@@ -343,6 +343,8 @@ class Hub(metaclass=NoPublicConstructor):
 
     def unsubscribe(self, client: Client, topic: str) -> None:
         """Unsubscribe ``client`` from ``topic``; harmless if it was not subscribed."""
+        if self._history is not None:
+            self._history.forget(client, topic)
         self._remove_subscriber(topic, client)
 
     def topics(self) -> frozenset[str]:

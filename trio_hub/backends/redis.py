@@ -827,7 +827,8 @@ class RedisBackend:
             return
         if not isinstance(topic, str) or not isinstance(sink, HistorySink):
             return  # a broadcast channel, or a hub that keeps no history
-        self._received += 1
+        if data[1:_HEADER_SIZE] != self._header[1:]:
+            self._received += 1  # from another node
         try:
             sink.deliver_publication(topic, offset, epoch.decode(), message)
         except Exception:
