@@ -583,3 +583,9 @@ async def test_a_client_that_reconnects_during_a_burst_gets_everything_once() ->
             assert hub.statistics().recoveries == 2
             assert missed > 0
             await server.aclose()
+
+
+async def test_only_messages_are_published_on_a_topic_with_history() -> None:
+    async with open_test_hub(history_size=5) as test_hub:
+        with pytest.raises(TypeError, match="Message"):
+            test_hub.hub.publish("news", {"not": "a message"})  # type: ignore[arg-type]

@@ -474,6 +474,8 @@ class HubHistory:
         message: Message,
         reply: Callable[[StreamPosition | BaseException], None] | None = None,
     ) -> int:
+        if type(message) is not Message:
+            raise TypeError(f"expected a trio_hub.Message, got {type(message).__name__}")
         hub = self._hub
         subscribers = hub._topics.get(topic)
         if self._memory is not None:
@@ -487,8 +489,6 @@ class HubHistory:
             return count
         assert self._shared is not None
         check_stampable(message)
-        if type(message) is not Message:
-            raise TypeError(f"expected a trio_hub.Message, got {type(message).__name__}")
         if self._shared.append(topic, policy, message.encode(), reply):
             # Delivered here, as on every node, once the backend numbers it.
             return len(subscribers) if subscribers else 0
