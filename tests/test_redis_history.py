@@ -33,7 +33,14 @@ from hypothesis.stateful import (
 )
 from trio_websocket import WebSocketConnection, connect_websocket
 
-from trio_hub import HistoryUnavailableError, Message, StreamPosition, open_hub, protocol_handler
+from trio_hub import (
+    CloseCode,
+    HistoryUnavailableError,
+    Message,
+    StreamPosition,
+    open_hub,
+    protocol_handler,
+)
 from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, TestHub
 
@@ -498,3 +505,48 @@ async def test_the_wire_protocol_says_history_unavailable(redis_server: RedisSer
                 await trio.sleep(0.01)
             await client.send(Message("subscribe", {"topic": "news"}))
             await client.expect("subscribed", {"topic": "news", "offset": 0, "epoch": ANY})
+
+
+class _Lossy:
+    """Stands between a backend and its hub, and loses one numbered publication."""
+
+    def __init__(self, hub: Any, lose: int) -> None:
+        self.hub = hub
+        self.lose = lose
+
+    def deliver(self, topic: str | None, data: bytes) -> None:
+        self.hub.deliver(topic, data)
+
+    def deliver_publication(self, topic: str, offset: int, epoch: str, data: bytes) -> None:
+        if offset != self.lose:
+            self.hub.deliver_publication(topic, offset, epoch, data)
+
+
+async def test_a_node_that_missed_publications_sends_its_clients_back_to_recover(
+    redis_server: RedisServer,
+) -> None:
+    url = redis_server.url
+    with trio.fail_after(LIMIT):
+        backend_a = RedisBackend(url)
+        async with (
+            open_hub(backend=backend_a, history_size=100) as node_a,
+            open_hub(backend=RedisBackend(url), history_size=100) as node_b,
+        ):
+            test_hub = TestHub(node_a)
+            client = test_hub.connect(wire_capacity=math.inf)
+            await test_hub.recover(client, "t")
+            for n in range(1, 4):
+                await node_b.publish_with_position("t", item(n))
+            assert numbers(await receive_n(client, 3)) == [1, 2, 3]
+            # Node A's pub/sub stream loses offset 4 (as a broken connection would).
+            backend_a._sink = _Lossy(node_a, lose=4)
+            await node_b.publish_with_position("t", item(4))
+            await node_b.publish_with_position("t", item(5))
+            # Node A notices at 5 and sends its client back: nothing silent.
+            await client.expect_closed(CloseCode.HISTORY_GAP)
+            assert node_a.statistics().history_gaps == 1
+            client, results = await client.reconnect()
+            assert results["t"].recovered
+            assert numbers(await receive_n(client, 2)) == [4, 5]
+            await node_b.publish_with_position("t", item(6))
+            assert numbers([await client.receive()]) == [6]

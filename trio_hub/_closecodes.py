@@ -10,9 +10,10 @@ __all__ = ["CloseCode"]
 class CloseCode(enum.IntEnum):
     """Close codes used by trio_hub.
 
-    The 1xxx codes are the standard ones from RFC 6455. The two 4xxx codes are
+    The 1xxx codes are the standard ones from RFC 6455. The 4xxx codes are
     private to trio_hub (the range RFC 6455 leaves to applications), so that a
-    client can tell "I was too slow" from "I stopped answering pings".
+    client can tell "I was too slow" from "I stopped answering pings", and from
+    "reconnect and recover".
     """
 
     NORMAL = 1000
@@ -35,3 +36,10 @@ class CloseCode(enum.IntEnum):
     """Evicted, because the client's queue was full or a write exceeded ``write_timeout``."""
     KEEPALIVE_TIMEOUT = 4001
     """The client did not answer a ping within ``pong_timeout``."""
+    HISTORY_GAP = 4002
+    """Publications on a topic with a shared history never reached this node (a
+    Redis outage, or Redis lost the history): reconnect, and subscribe with
+    ``recover``; the recovery says whether the gap could be filled.
+
+    .. versionadded:: 0.2
+    """

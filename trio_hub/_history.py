@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, final, runtime_che
 
 import trio
 
+from ._closecodes import CloseCode
 from ._errors import HubError
 from ._message import Message
 
@@ -510,27 +511,21 @@ class HubHistory:
             logger.exception("dropped an undecodable publication from the backend")
             return
         last = self._positions.get(topic)
-        if last is not None and last[0] == epoch:
-            if offset <= last[1]:
-                return  # delivered already
-            if offset > last[1] + 1:
-                self.gaps += 1
-                logger.warning(
-                    "topic %r: offsets %d to %d never reached this node",
-                    topic,
-                    last[1] + 1,
-                    offset - 1,
-                )
-        elif last is not None:
-            # Redis lost the topic's history (or a node reset its epoch): what
-            # came between may never have reached this node either.
-            self.gaps += 1
-            logger.warning("topic %r: its history was reset (new epoch)", topic)
         subscribers = hub._topics.get(topic)
         buffers = self._buffers.get(topic)
         if subscribers is None and buffers is None:
             self._positions.pop(topic, None)
             return
+        if last is not None:
+            if last[0] == epoch and offset <= last[1]:
+                return  # delivered already
+            if last[0] != epoch or offset > last[1] + 1:
+                # Publications that never reached this node (its pub/sub
+                # connection broke), or a history that Redis lost: the
+                # clients here cannot tell, so they are told to come back.
+                self._resync(topic, f"{last[0]}:{last[1]} then {epoch}:{offset}")
+                subscribers = hub._topics.get(topic)
+                buffers = self._buffers.get(topic)
         self._positions[topic] = (epoch, offset)
         if subscribers:
             hub._fan_out(subscribers, message)
@@ -544,7 +539,11 @@ class HubHistory:
                         client._evict("queue full while recovering")
                     continue
                 # Replayed up to floor already: only what comes after.
-                if epoch != floor.epoch or offset > floor.offset:
+                if epoch != floor.epoch or offset > floor.offset + 1:
+                    self._close_for_gap(client)
+                    del buffers[client]
+                    continue
+                if offset > floor.offset:
                     client._offer(message)
                 if epoch != floor.epoch or offset >= floor.offset:
                     # The live stream has caught up with the replay.
@@ -623,12 +622,24 @@ class HubHistory:
         # stream to this node may also lag behind the read: until it reaches
         # position, the client stays apart and gets only later offsets.
         later = [
-            message
+            (epoch, offset, message)
             for epoch, offset, message in recovering.pending
             if epoch != position.epoch or offset > position.offset
         ]
-        self._send(client, announce, result, later)
         delivered = self._positions.get(topic)
+        if delivered is not None and delivered[0] != position.epoch:
+            # The read found a history that this node's live stream has not
+            # seen yet (Redis lost it): whoever was live here missed the change.
+            self._resync(topic, f"{delivered[0]} then {position.epoch}")
+            delivered = self._positions[topic] = (position.epoch, position.offset)
+        if later and (later[0][0] != position.epoch or later[0][1] != position.offset + 1):
+            # The live stream skipped past the read: this node missed some.
+            self._send(client, announce, result, ())
+            self._drop_recovering(topic, client)
+            self._close_for_gap(client)
+            self._release(topic)
+            return result
+        self._send(client, announce, result, [message for _, _, message in later])
         if delivered is None or (delivered[0] == position.epoch and delivered[1] < position.offset):
             recovering.floor = position
             recovering.pending = []
@@ -636,6 +647,36 @@ class HubHistory:
             self._drop_recovering(topic, client)
             hub._add_subscriber(topic, client)
         return result
+
+    def _resync(self, topic: str, what: str) -> None:
+        """This node missed publications on ``topic``: close everyone who relied on it."""
+        self.gaps += 1
+        hub = self._hub
+        clients = list(hub._topics.get(topic, ()))
+        clients += [
+            client
+            for client, recovering in self._buffers.get(topic, {}).items()
+            if recovering.floor is not None
+        ]
+        logger.warning(
+            "topic %r: publications never reached this node (%s); closing its %d "
+            "client(s) with %d, so that they reconnect and recover",
+            topic,
+            what,
+            len(clients),
+            CloseCode.HISTORY_GAP,
+        )
+        for client in clients:
+            self._drop_recovering(topic, client)
+            self._close_for_gap(client)
+
+    @staticmethod
+    def _close_for_gap(client: Client) -> None:
+        client.close(CloseCode.HISTORY_GAP, "missed publications: reconnect and recover")
+
+    def released(self, topic: str) -> None:
+        """This node no longer receives ``topic``: its live stream starts afresh."""
+        self._positions.pop(topic, None)
 
     def _drop_recovering(self, topic: str, client: Client) -> None:
         buffers = self._buffers.get(topic)
@@ -688,6 +729,7 @@ class HubHistory:
         if topic not in hub._topics and topic not in self._buffers:
             assert self._shared is not None
             self._shared.unsubscribe(topic)
+            self.released(topic)
 
     def buffered(self, topic: str) -> bool:
         """Whether clients are recovering ``topic`` (the backend must stay subscribed)."""

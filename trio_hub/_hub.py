@@ -320,6 +320,8 @@ class Hub(metaclass=NoPublicConstructor):
                 self._history is not None and self._history.buffered(topic)
             ):
                 self._backend.unsubscribe(topic)
+                if self._history is not None:
+                    self._history.released(topic)
 
     def _client_finished(self, client: Client) -> None:
         self._live.discard(client)

@@ -50,8 +50,10 @@ class HubStatistics:
         history_local_only: Publications on a topic with history that reached
             this node's clients only, without an offset, because the shared
             history was unreachable (the topic's epoch then changes).
-        history_gaps: Numbered publications from the backend that came after
-            a gap in offsets (this node missed some, during an outage).
+        history_gaps: Times this node found that it had missed numbered
+            publications from the backend (an offset that skips, or a new
+            epoch), and closed the topic's clients with 4002 so that they
+            recover.
 
     .. versionchanged:: 0.2
        The ``history_*`` and ``recover*`` fields.
