@@ -550,3 +550,22 @@ async def test_a_node_that_missed_publications_sends_its_clients_back_to_recover
             assert numbers(await receive_n(client, 2)) == [4, 5]
             await node_b.publish_with_position("t", item(6))
             assert numbers([await client.receive()]) == [6]
+
+
+async def test_redis_history_expires_after_the_ttl(redis_server: RedisServer) -> None:
+    """Redis' own clock decides (TIME in the scripts): so this waits, in real time."""
+    with trio.fail_after(LIMIT):
+        async with open_hub(
+            backend=RedisBackend(redis_server.url), history_size=10, history_ttl=0.2
+        ) as hub:
+            start = await hub.position("t")
+            await hub.publish_with_position("t", item(1))
+            await hub.publish_with_position("t", item(2))
+            # Only ever longer than the TTL, however slow the machine.
+            await trio.sleep(0.5)
+            last = await hub.publish_with_position("t", item(3))
+            assert not (await hub.history("t", since=start)).recovered
+            result = await hub.history("t")
+            # 3 may be gone too on a machine that stalls: only 1 and 2 surely are.
+            assert [p.offset for p in result.publications] in ([3], [])
+            assert result.position == last
