@@ -569,3 +569,25 @@ async def test_redis_history_expires_after_the_ttl(redis_server: RedisServer) ->
             # 3 may be gone too on a machine that stalls: only 1 and 2 surely are.
             assert [p.offset for p in result.publications] in ([3], [])
             assert result.position == last
+
+
+async def test_publish_with_position_never_waits_past_the_hub(redis_server: RedisServer) -> None:
+    with trio.fail_after(LIMIT):
+        outcome: list[BaseException] = []
+        async with open_hub(backend=RedisBackend(redis_server.url), history_size=10) as hub:
+            await hub.position("t")  # connected and working
+            redis_server.pause()  # the next publication is sent, and never answered
+
+            async def publish() -> None:
+                try:
+                    await hub.publish_with_position("t", item(1))
+                except HistoryUnavailableError as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(publish)
+                await trio.testing.wait_all_tasks_blocked()
+                await hub.aclose()
+        redis_server.resume()
+        assert len(outcome) == 1
+        assert "closed" in str(outcome[0])

@@ -234,9 +234,14 @@ class _Numbered:
         self.policy = policy
         self.reply = reply
 
+    def resolve(self, result: StreamPosition | BaseException) -> None:
+        # At most once: whoever waits is told exactly one outcome.
+        reply, self.reply = self.reply, None
+        if reply is not None:
+            reply(result)
+
     def fail(self, why: str) -> None:
-        if self.reply is not None:
-            self.reply(HistoryUnavailableError(why))
+        self.resolve(HistoryUnavailableError(why))
 
 
 @final
@@ -275,6 +280,7 @@ class RedisBackend:
         "_connected",
         "_connection_class",
         "_connection_kwargs",
+        "_awaiting",
         "_dirty",
         "_down_since",
         "_header",
@@ -348,6 +354,8 @@ class RedisBackend:
         # Topics with history whose publications reached local clients only
         # (Redis was out of reach): they get a new epoch once it is back.
         self._dirty: set[str] = set()
+        # Publications whose caller waits for their position.
+        self._awaiting: set[_Numbered] = set()
         self._subscribe_waiters: dict[bytes, trio.Event] = {}
         # The connection that history reads go through, while connected.
         self._reader: BaseConnection | None = None
@@ -420,12 +428,13 @@ class RedisBackend:
         """
         if self._connected:
             try:
-                self._outbox_send.send_nowait(
-                    (self.channel_name(topic).encode(), data, _Numbered(topic, policy, reply))
-                )
+                numbered = _Numbered(topic, policy, reply)
+                self._outbox_send.send_nowait((self.channel_name(topic).encode(), data, numbered))
             except trio.WouldBlock:
                 self._publish_failures += 1
             else:
+                if reply is not None:
+                    self._awaiting.add(numbered)
                 return True
         self._dirty.add(topic)
         return False
@@ -560,6 +569,15 @@ class RedisBackend:
         if self._sink is not None:
             raise RuntimeError("a RedisBackend serves one hub, once")
         self._sink = sink
+        try:
+            await self._run(task_status)
+        finally:
+            # The hub is closing: nobody must wait for an offset forever.
+            for numbered in list(self._awaiting):
+                numbered.fail("the hub closed before Redis numbered this publication")
+            self._awaiting.clear()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         deadline = trio.current_time() + self._start_timeout
         delay = _FIRST_RECONNECT_DELAY
         started = False
@@ -700,6 +718,7 @@ class RedisBackend:
     def _fail_numbered(self, numbered: _Numbered) -> None:
         self._dirty.add(numbered.topic)
         numbered.fail(f"Redis at {self._location} became unavailable")
+        self._awaiting.discard(numbered)
 
     # ------------------------------------------------------------ tasks
 
@@ -740,7 +759,8 @@ class RedisBackend:
                     offset, epoch = reply
                     assert isinstance(offset, int)
                     assert isinstance(epoch, bytes)
-                    numbered.reply(StreamPosition(offset, epoch.decode()))
+                    numbered.resolve(StreamPosition(offset, epoch.decode()))
+                    self._awaiting.discard(numbered)
 
     def _append_command(
         self, channel: bytes, data: bytes, numbered: _Numbered
