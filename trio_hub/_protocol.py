@@ -120,9 +120,9 @@ async def protocol_handler(client: Client, message: Message) -> None:
         topic, an unknown field, or a malformed ``recover``), ``limit_exceeded``
         (one ``subscribe`` too many) or ``history_unavailable`` (a
         ``subscribe`` on a topic with history while the shared history is
-        unreachable; the client is not subscribed). The hub itself answers frames that are not JSON
-        (``invalid_json``) or not an envelope (``invalid_envelope``) before any
-        handler sees them.
+        unreachable; the client is not subscribed). The hub itself answers
+        frames that are not JSON (``invalid_json``) or not an envelope
+        (``invalid_envelope``) before any handler sees them.
 
     It never waits: each reply, broadcast and publication is queued at once,
     so a slow client only ever slows itself.
