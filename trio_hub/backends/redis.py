@@ -274,13 +274,13 @@ class RedisBackend:
     """
 
     __slots__ = (
+        "_awaiting",
         "_channels",
         "_confirmed",
         "_connect_attempts",
         "_connected",
         "_connection_class",
         "_connection_kwargs",
-        "_awaiting",
         "_dirty",
         "_down_since",
         "_header",
