@@ -7,6 +7,7 @@ subprocess. Every wait has a time limit, and the server is always killed.
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import signal
@@ -20,6 +21,9 @@ from typing import Final
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from websockets.sync.client import connect as ws_connect
+
+from .redis_server import RedisServer
 
 CHROMIUM: Final = "/usr/bin/chromium"
 CHROMIUM_ARGS: Final = [
@@ -233,4 +237,74 @@ def test_a_forbidden_broadcast_is_shown_plainly_and_a_jwt_page_connects(
         feed_entry(page, "error", "forbidden: 'pat' may not broadcast on this server")
         subscribe(page, "news")
         expect_connected(page)
+
+
+def publish_from_python(port: int, topic: str, numbers: range) -> None:
+    """Publish each number on ``topic`` through the wire protocol, in order."""
+    with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=15, close_timeout=5) as connection:
+        for number in numbers:
+            connection.send(
+                json.dumps({"type": "publish", "payload": {"topic": topic, "data": number}})
+            )
+            assert json.loads(connection.recv(timeout=15))["type"] == "publishResult"
+
+
+def shown_messages(page: Page) -> list[str]:
+    return page.locator('#feed li[data-type="message"] .body').all_text_contents()
+
+
+def test_the_page_recovers_what_it_missed_while_the_server_was_down(browser: Browser) -> None:
+    """The server is killed mid-stream; the page reconnects and recovers from Redis."""
+    errors: list[str] = []
+    redis = RedisServer()
+    redis.start()
+    args = ("--redis", redis.url, "--redis-prefix", "browser")
+    server = ServerProcess(*args)
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+        expect_connected(page)
+        subscribe(page, "ticks")
+        publish_from_python(server.port, "ticks", range(1, 41))
+        expect(page.locator('#feed li[data-type="message"]')).to_have_count(40)
+        # Killed without a goodbye: the page sees the connection drop.
+        server.stop(signal.SIGKILL)
+        server.kill()
+        expect(page.locator("#state")).to_have_attribute("data-state", "disconnected")
+        server = ServerProcess(*args, port=server.port)
+        # Published while the page is still away (its backoff has not run out).
+        publish_from_python(server.port, "ticks", range(41, 81))
+        expect_connected(page)
+        publish_from_python(server.port, "ticks", range(81, 101))
+        expect(page.locator('#feed li[data-type="message"]')).to_have_count(100)
+        # Every message once, in order, and no gap.
+        assert shown_messages(page) == [f"[ticks] {n}" for n in range(1, 101)]
+        expect(page.locator('#feed li[data-type="gap"]')).to_have_count(0)
+        feed_entry(page, "subscribed", "recovered")
+    finally:
+        server.kill()
+        redis.kill()
+    assert errors == []
+
+
+def test_the_page_shows_a_gap_it_cannot_recover(browser: Browser) -> None:
+    """A memory hub restarted loses its history: the page says so plainly."""
+    errors: list[str] = []
+    server = ServerProcess()
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+        expect_connected(page)
+        subscribe(page, "ticks")
+        publish_from_python(server.port, "ticks", range(1, 4))
+        expect(page.locator('#feed li[data-type="message"]')).to_have_count(3)
+        server.stop(signal.SIGKILL)
+        server.kill()
+        server = ServerProcess(port=server.port)
+        publish_from_python(server.port, "ticks", range(4, 6))  # missed for good
+        expect_connected(page)
+        feed_entry(page, "gap", "cannot be recovered")
+        publish_from_python(server.port, "ticks", range(6, 7))
+        feed_entry(page, "message", "[ticks] 6")
+        assert shown_messages(page) == [f"[ticks] {n}" for n in (1, 2, 3, 6)]
+    finally:
+        server.kill()
     assert errors == []

@@ -50,7 +50,8 @@ def redis() -> Iterator[RedisServer]:
 
 
 def node_args(redis: RedisServer) -> tuple[str, ...]:
-    return ("--redis", redis.url, "--redis-prefix", PREFIX)
+    # History is tested in test_redis_history.py: plain fan-out here.
+    return ("--redis", redis.url, "--redis-prefix", PREFIX, "--history-size", "0")
 
 
 async def expect(connection: WebSocketConnection, *messages: Any) -> None:

@@ -140,6 +140,10 @@ def start_server() -> Iterator[StartServer]:
     started: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
+        # Plain topics, as other clients know them: history (offsets in the
+        # frames) is tested in test_history.py and test_cli.py.
+        if "--history-size" not in args:
+            args = (*args, "--history-size", "0")
         # A server that fails to start has killed itself already.
         server = ServerProcess(*args)
         started.append(server)

@@ -20,6 +20,12 @@ from ._errors import MessageDecodeError as MessageDecodeError
 from ._errors import MessageEncodeError as MessageEncodeError
 from ._errors import MessageError as MessageError
 from ._errors import TransportClosed as TransportClosed
+from ._history import HistoryError as HistoryError
+from ._history import HistoryPolicy as HistoryPolicy
+from ._history import HistoryResult as HistoryResult
+from ._history import HistoryUnavailableError as HistoryUnavailableError
+from ._history import Publication as Publication
+from ._history import StreamPosition as StreamPosition
 from ._hub import BroadcastSender as BroadcastSender
 from ._hub import Hub as Hub
 from ._hub import open_hub as open_hub
@@ -52,6 +58,10 @@ __all__ = [
     "Grant",
     "HandshakeRejection",
     "HandshakeRequest",
+    "HistoryError",
+    "HistoryPolicy",
+    "HistoryResult",
+    "HistoryUnavailableError",
     "Hub",
     "HubClosedError",
     "HubError",
@@ -67,7 +77,9 @@ __all__ = [
     "MessageEncodeError",
     "MessageError",
     "MessageHandler",
+    "Publication",
     "SlowClientPolicy",
+    "StreamPosition",
     "Transport",
     "TransportClosed",
     "WebSocketTransport",

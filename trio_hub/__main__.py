@@ -44,6 +44,14 @@ JWT_SECRET_ENV: Final = "TRIO_HUB_JWT_SECRET"
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # The same defaults as RedisBackend's, spelled out here for --help.
 REDIS_PREFIX: Final = "trio_hub"
+
+# The server's history defaults: enough for the built-in page to recover a
+# reconnect of up to five minutes or 50 messages per topic, with memory bounded
+# by HISTORY_TOPICS x HISTORY_SIZE x --max-message-size (50 KiB per topic and
+# 5 MiB in all for 1 KiB messages).
+HISTORY_SIZE: Final = 50
+HISTORY_TTL: Final = 300.0
+HISTORY_TOPICS: Final = 100
 REDIS_START_TIMEOUT: Final = 5.0
 
 
@@ -301,6 +309,40 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to keep trying to reach Redis at start before exiting with status 1",
     )
 
+    # Per-topic history, so that a client that reconnects (the built-in page
+    # does) gets what it missed: see docs/howto/reconnect.rst.
+    history = serve.add_argument_group(
+        "history",
+        "Each topic keeps its latest publications, numbered, so that a client that "
+        "reconnects with its last offset gets exactly what it missed (subscribe with "
+        "recover). Memory is bounded by --history-topics x --history-size x the "
+        "largest message; with --redis the history lives in Redis and is shared.",
+    )
+    history.add_argument(
+        "--history-size",
+        type=_non_negative_int,
+        default=HISTORY_SIZE,
+        metavar="N",
+        help="publications kept per topic; 0 turns history off",
+    )
+    history.add_argument(
+        "--history-ttl",
+        type=_positive_float,
+        default=HISTORY_TTL,
+        metavar="SECONDS",
+        help="seconds a publication stays in the history",
+    )
+    history.add_argument(
+        "--history-topics",
+        type=_positive_int,
+        default=HISTORY_TOPICS,
+        metavar="N",
+        help=(
+            "most topics with history kept in memory (the one that published least "
+            "recently loses its history past that); not used with --redis"
+        ),
+    )
+
     output = serve.add_argument_group("output")
     output.add_argument(
         "--log-level",
@@ -378,6 +420,13 @@ def _positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 
@@ -546,6 +595,9 @@ async def _serve(options: argparse.Namespace) -> int:
                 drain_timeout=options.drain_timeout,
                 on_message=protocol_handler,
                 backend=backend,
+                history_size=options.history_size or None,
+                history_ttl=options.history_ttl if options.history_size else None,
+                max_history_topics=options.history_topics,
             ) as hub:
                 if backend is not None:
                     logger.info("sharing messages with other nodes through %r", backend)

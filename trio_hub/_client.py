@@ -19,6 +19,7 @@ from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._config import MessageHandler
+    from ._history import HistoryResult, StreamPosition
     from ._hub import Hub
     from ._transport import Transport
 
@@ -183,6 +184,21 @@ class Client(metaclass=NoPublicConstructor):
     def unsubscribe(self, topic: str) -> None:
         """Unsubscribe from ``topic``; same as :meth:`Hub.unsubscribe`."""
         self._hub.unsubscribe(self, topic)
+
+    async def recover(
+        self,
+        topic: str,
+        since: StreamPosition | None = None,
+        *,
+        announce: Callable[[HistoryResult], Message | None] | None = None,
+    ) -> HistoryResult:
+        """Subscribe to ``topic``, replaying what was missed since ``since``.
+
+        Same as :meth:`Hub.recover`.
+
+        .. versionadded:: 0.2
+        """
+        return await self._hub.recover(self, topic, since, announce=announce)
 
     def send(self, message: Message) -> bool:
         """Queue ``message`` for this client alone, in order with broadcasts.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Final, NoReturn, Protocol, final, runtime_checkable
 
@@ -16,6 +16,15 @@ from ._client import Client
 from ._closecodes import CloseCode
 from ._config import HubConfig, MessageHandler
 from ._errors import HubClosedError, MessageError
+from ._history import (
+    HistoryError,
+    HistoryPolicy,
+    HistoryPolicyFunction,
+    HistoryResult,
+    HubHistory,
+    SharedHistory,
+    StreamPosition,
+)
 from ._message import Message
 from ._policy import SlowClientPolicy
 from ._statistics import HubStatistics
@@ -69,6 +78,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_drops",
         "_errors",
         "_evictions",
+        "_history",
         "_keepalive_scope",
         "_keepalive_timeouts",
         "_live",
@@ -89,6 +99,17 @@ class Hub(metaclass=NoPublicConstructor):
         self._config = config
         # The default in-process backend does nothing: skip it on the hot path.
         self._backend: Backend | None = None if isinstance(backend, MemoryBackend) else backend
+        # History, where configured: numbering, keeping and replaying
+        # publications per topic (see _history.py).
+        self._history: HubHistory | None = None
+        if config.history is not None:
+            self._history = HubHistory(
+                self,
+                config.history,
+                max_topics=config.max_history_topics,
+                shared=backend if isinstance(backend, SharedHistory) else None,
+                queue_size=config.queue_size,
+            )
         self._backend_scope = trio.CancelScope()
         self._keepalive_scope = trio.CancelScope()
         # Clients in the order their next ping is due. Every client has the same
@@ -256,6 +277,8 @@ class Hub(metaclass=NoPublicConstructor):
 
     def _unregister(self, client: Client) -> None:
         self._clients.pop(client, None)
+        if self._history is not None:
+            self._history.forget(client)
         for topic in list(client._topics):
             self._remove_subscriber(topic, client)
         if self._config.ping_interval is not None and can_ping(client._transport):
@@ -294,8 +317,12 @@ class Hub(metaclass=NoPublicConstructor):
         client._topics.discard(topic)
         if not subscribers:
             del self._topics[topic]
-            if self._backend is not None:
+            if self._backend is not None and not (
+                self._history is not None and self._history.buffered(topic)
+            ):
                 self._backend.unsubscribe(topic)
+                if self._history is not None:
+                    self._history.released(topic)
 
     def _client_finished(self, client: Client) -> None:
         self._live.discard(client)
@@ -319,6 +346,8 @@ class Hub(metaclass=NoPublicConstructor):
 
     def unsubscribe(self, client: Client, topic: str) -> None:
         """Unsubscribe ``client`` from ``topic``; harmless if it was not subscribed."""
+        if self._history is not None:
+            self._history.forget(client, topic)
         self._remove_subscriber(topic, client)
 
     def topics(self) -> frozenset[str]:
@@ -362,11 +391,149 @@ class Hub(metaclass=NoPublicConstructor):
         if self._closing:
             raise HubClosedError("the hub is closing: publish() is no longer possible")
         self._messages_published += 1
+        history = self._history
+        if history is not None:
+            policy = history.policy(topic)
+            if policy is not None:
+                return history.publish(topic, policy, message)
         subscribers = self._topics.get(topic)
         count = self._fan_out(subscribers, message) if subscribers else 0
         if self._backend is not None:
             self._backend.publish(topic, message.encode())
         return count
+
+    async def publish_with_position(self, topic: str, message: Message) -> StreamPosition:
+        """Publish on a topic with history, and return the publication's position.
+
+        It is :meth:`publish`, which delivers without waiting; this waits only
+        for the offset, which a shared history (Redis) gives after a round trip.
+
+        .. versionadded:: 0.2
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable; the
+                message still reached this node's subscribers, unnumbered.
+            HubClosedError: if :meth:`aclose` has started.
+            ValueError: if the payload is not a JSON object or has an ``"offset"``.
+        """
+        _check_topic(topic)
+        if self._closing:
+            raise HubClosedError("the hub is closing: publish() is no longer possible")
+        history = self._history
+        policy = history.policy(topic) if history is not None else None
+        if history is None or policy is None:
+            raise HistoryError(f"topic {topic!r} has no history")
+        done = trio.Event()
+        outcome: list[StreamPosition | BaseException] = []
+
+        def reply(result: StreamPosition | BaseException) -> None:
+            outcome.append(result)
+            done.set()
+
+        self._messages_published += 1
+        history.publish(topic, policy, message, reply)
+        await done.wait()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def history(
+        self, topic: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Read ``topic``'s history: its position, and the publications it keeps.
+
+        Args:
+            topic: A topic with history.
+            since: Only publications after this position; if the history no
+                longer covers them all (another epoch, trimmed, expired), the
+                result has ``recovered=False`` and none.
+            limit: At most this many publications, the oldest first.
+
+        .. versionadded:: 0.2
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable.
+        """
+        _check_topic(topic)
+        if self._history is None:
+            raise HistoryError(f"topic {topic!r} has no history")
+        return await self._history.history(topic, since, limit)
+
+    async def position(self, topic: str) -> StreamPosition:
+        """Return ``topic``'s position: its last offset (0: none yet) and its epoch.
+
+        A position taken before the first publication stays valid after it.
+
+        .. versionadded:: 0.2
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable.
+        """
+        return (await self.history(topic, limit=0)).position
+
+    async def recover(
+        self,
+        client: Client,
+        topic: str,
+        since: StreamPosition | None = None,
+        *,
+        announce: Callable[[HistoryResult], Message | None] | None = None,
+    ) -> HistoryResult:
+        """Subscribe ``client`` to ``topic``, first replaying what it missed since ``since``.
+
+        The client receives, in this order: ``announce(result)`` if that returns
+        a message; every publication after ``since`` (if the history still
+        covers them all: ``result.recovered``); then every later publication.
+        Nothing is missing and nothing comes twice, also while publications
+        keep coming during the catch-up. If the history does not cover
+        ``since`` (another epoch, trimmed, expired), nothing is replayed and
+        ``result.recovered`` is false: the client gets only live publications,
+        from ``result.position`` on. Without ``since`` this subscribes, and
+        says where the topic stands.
+
+        A client already subscribed to ``topic`` is resubscribed from ``since``.
+
+        .. versionadded:: 0.2
+
+        Args:
+            client: A registered client.
+            topic: A topic with history.
+            since: The position of the last publication the client received.
+            announce: Builds the message that goes first, such as the wire
+                protocol's ``subscribed``.
+
+        Returns:
+            What was found; see :class:`HistoryResult`.
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable;
+                the client was not subscribed.
+        """
+        _check_topic(topic)
+        if self._history is None:
+            raise HistoryError(f"topic {topic!r} has no history")
+        return await self._history.recover(client, topic, since, announce)
+
+    def has_history(self, topic: str) -> bool:
+        """Whether ``topic``'s publications are numbered and kept.
+
+        .. versionadded:: 0.2
+        """
+        return self._history is not None and self._history.policy(topic) is not None
+
+    def deliver_publication(self, topic: str, offset: int, epoch: str, data: bytes) -> None:
+        """Deliver a publication numbered by a shared history; called by the backend.
+
+        .. versionadded:: 0.2
+        """
+        self._messages_received += 1
+        if self._history is not None:
+            self._history.deliver_publication(topic, offset, epoch, data)
 
     def deliver(self, topic: str | None, data: bytes) -> None:
         """Deliver a message that another node published; called by the backend.
@@ -403,6 +570,7 @@ class Hub(metaclass=NoPublicConstructor):
 
     def statistics(self) -> HubStatistics:
         """Return a frozen snapshot of the hub's state and counters."""
+        history = self._history
         queued = queued_bytes = 0
         for client in self._live:
             queued += client._backlog
@@ -430,6 +598,12 @@ class Hub(metaclass=NoPublicConstructor):
                 if self._backend is not None
                 else MemoryBackend().statistics()
             ),
+            history_sizes=types.MappingProxyType(history.sizes() if history else {}),
+            recoveries=history.recoveries if history else 0,
+            recovery_failures=history.recovery_failures if history else 0,
+            history_errors=history.history_errors if history else 0,
+            history_local_only=history.local_only if history else 0,
+            history_gaps=history.gaps if history else 0,
         )
 
     # -------------------------------------------------------------- shutdown
@@ -528,6 +702,10 @@ async def open_hub(
     close_timeout: float = 5.0,
     on_message: MessageHandler | None = None,
     backend: Backend | None = None,
+    history_size: int | None = None,
+    history_ttl: float | None = None,
+    history: Callable[[str], HistoryPolicy | None] | None = None,
+    max_history_topics: int = 10_000,
 ) -> AsyncIterator[Hub]:
     """Open a hub that owns a nursery for its clients' tasks.
 
@@ -554,6 +732,19 @@ async def open_hub(
         backend: Where broadcasts and publications are shared with other hub
             processes; by default a :class:`~trio_hub.backends.MemoryBackend`
             (this process only). See :mod:`trio_hub.backends`.
+        history_size: Give every topic a history of this many publications
+            (see :ref:`recovery`); ``None`` (the default): no history.
+        history_ttl: Seconds each publication stays in the history; ``None``:
+            no time limit. Needs ``history_size``.
+        history: Decides per topic instead: a function of the topic that
+            returns its :class:`HistoryPolicy`, or ``None`` for no history.
+        max_history_topics: The most topics whose history this process keeps
+            in memory; past it, the topic that published least recently loses
+            its history (its epoch changes). Not used with a shared history.
+
+    .. versionchanged:: 0.2
+       The ``history_size``, ``history_ttl``, ``history`` and
+       ``max_history_topics`` arguments.
 
     Yields:
         The open hub.
@@ -572,6 +763,8 @@ async def open_hub(
         drain_timeout=drain_timeout,
         close_timeout=close_timeout,
         on_message=on_message,
+        history=_history_policy(history_size, history_ttl, history),
+        max_history_topics=max_history_topics,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -595,6 +788,23 @@ async def open_hub(
         if len(group.exceptions) != 1:
             raise
         _reraise(group.exceptions[0])
+
+
+def _history_policy(
+    size: int | None, ttl: float | None, per_topic: HistoryPolicyFunction | None
+) -> HistoryPolicyFunction | None:
+    if per_topic is not None:
+        if size is not None or ttl is not None:
+            raise ValueError("give either history, or history_size and history_ttl, not both")
+        if not callable(per_topic):
+            raise TypeError(f"history must be a function of the topic, got {per_topic!r}")
+        return per_topic
+    if size is None:
+        if ttl is not None:
+            raise ValueError("history_ttl needs history_size")
+        return None
+    policy = HistoryPolicy(size, ttl)
+    return lambda topic: policy
 
 
 def _reraise(exc: BaseException) -> NoReturn:

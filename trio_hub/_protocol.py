@@ -9,12 +9,13 @@ server unchanged; topics are an addition.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from . import _codec
 from ._auth import Grant, InvalidTokenError
 from ._errors import HubClosedError
+from ._history import HistoryResult, HistoryUnavailableError, StreamPosition
 from ._message import JSONValue, Message, _json_kind
 
 if TYPE_CHECKING:
@@ -91,12 +92,19 @@ async def protocol_handler(client: Client, message: Message) -> None:
       ``{"type": "broadcastResult", "payload": <the same>, "listenerCount": N}``
       (``listenerCount`` sits beside the payload, as websocket-shootout has it).
     * ``subscribe`` with ``{"topic": T}``: the sender gets ``subscribed``
-      ``{"topic": T}``. Subscribing twice is harmless.
+      ``{"topic": T}``. Subscribing twice is harmless. On a topic with history
+      (:ref:`wire-recovery`), ``subscribed`` also carries ``"offset"`` (the
+      topic's last offset) and ``"epoch"``, and ``subscribe`` may carry
+      ``"recover": {"offset": N, "epoch": E}``: ``subscribed`` then says
+      ``"recovered": true`` and is followed by every publication after ``N``
+      as ordinary ``message`` frames, before any later one, or says
+      ``"recovered": false`` and replays nothing.
     * ``unsubscribe`` with ``{"topic": T}``: the sender gets ``unsubscribed``
       ``{"topic": T}``, whether it was subscribed or not.
     * ``publish`` with ``{"topic": T, "data": X}`` (``data`` defaults to
       ``null``): each subscriber of T, the sender too if subscribed, gets
-      ``message`` ``{"topic": T, "data": X}``; then the sender gets
+      ``message`` ``{"topic": T, "data": X}`` (with ``"offset": N`` on a
+      topic with history); then the sender gets
       ``publishResult`` ``{"topic": T, "listenerCount": N}``.
 
     A topic is a non-empty string of at most :data:`MAX_TOPIC_LENGTH`
@@ -122,11 +130,13 @@ async def protocol_handler(client: Client, message: Message) -> None:
         the connection stays open. ``C`` is ``unknown_type`` (no such message
         type), ``invalid_payload`` (the payload does not have the shape the
         type needs: not an object, a missing, empty, non-string or too long
-        topic, or an unknown field), ``limit_exceeded`` (one ``subscribe``
-        too many), ``forbidden`` (see above) or ``invalid_token`` (a
-        ``refresh`` whose token is refused). The hub itself answers frames that are not JSON
-        (``invalid_json``) or not an envelope (``invalid_envelope``) before any
-        handler sees them.
+        topic, an unknown field, or a malformed ``recover``), ``limit_exceeded``
+        (one ``subscribe`` too many), ``forbidden`` (see above), ``invalid_token``
+        (a ``refresh`` whose token is refused) or ``history_unavailable`` (a
+        ``subscribe`` on a topic with history while the shared history is
+        unreachable; the client is not subscribed). The hub itself answers
+        frames that are not JSON (``invalid_json``) or not an envelope
+        (``invalid_envelope``) before any handler sees them.
 
     It never waits: each reply, broadcast and publication is queued at once,
     so a slow client only ever slows itself.
@@ -144,9 +154,13 @@ async def protocol_handler(client: Client, message: Message) -> None:
         )
         return
     try:
-        action(client, message.payload)
+        pending = action(client, message.payload)
+        if pending is not None:
+            await pending
     except _ProtocolError as exc:
         _reply_error(client, exc.code, exc.detail)
+    except HistoryUnavailableError as exc:
+        _reply_error(client, "history_unavailable", str(exc))
     except HubClosedError:
         # Only reachable when a caller's own handler awaited something before
         # calling us and the hub began shutting down meanwhile: the client is
@@ -203,9 +217,11 @@ def _broadcast(client: Client, payload: JSONValue) -> None:
     client.send(Message._trusted("broadcastResult", payload, data))
 
 
-def _subscribe(client: Client, payload: JSONValue) -> None:
-    topic = _topic_of("subscribe", payload, _TOPIC_ONLY)
+def _subscribe(client: Client, payload: JSONValue) -> Awaitable[None] | None:
+    topic = _topic_of("subscribe", payload, _SUBSCRIBE_FIELDS, required=1)
+    assert isinstance(payload, Mapping)  # _topic_of checked it
     _forbid(client, "subscribe", topic)
+    since = _recover_position(payload["recover"]) if "recover" in payload else None
     topics = client.topics
     if topic not in topics and len(topics) >= MAX_TOPICS_PER_CLIENT:
         raise _ProtocolError(
@@ -213,8 +229,52 @@ def _subscribe(client: Client, payload: JSONValue) -> None:
             f"a client may be subscribed to at most {MAX_TOPICS_PER_CLIENT} topics; "
             "unsubscribe from one first",
         )
+    if client.hub.has_history(topic):
+        return _subscribe_with_history(client, topic, since, "recover" in payload)
     client.subscribe(topic)
-    client.send(Message._trusted("subscribed", {"topic": topic}, None))
+    reply: dict[str, JSONValue] = {"topic": topic}
+    if "recover" in payload:
+        # Nothing to recover from: a topic without history has no positions.
+        reply["recovered"] = False
+    client.send(Message._trusted("subscribed", reply, None))
+    return None
+
+
+async def _subscribe_with_history(
+    client: Client, topic: str, since: StreamPosition | None, asked: bool
+) -> None:
+    def announce(result: HistoryResult) -> Message:
+        reply: dict[str, JSONValue] = {
+            "topic": topic,
+            "offset": result.position.offset,
+            "epoch": result.position.epoch,
+        }
+        if asked:
+            reply["recovered"] = result.recovered
+        return Message._trusted("subscribed", reply, None)
+
+    # The reply goes first, then the replayed publications, then live ones.
+    await client.recover(topic, since, announce=announce)
+
+
+def _recover_position(value: JSONValue) -> StreamPosition | None:
+    """Return the position in a ``recover`` field, or raise ``invalid_payload``."""
+    if not isinstance(value, Mapping) or value.keys() != {"offset", "epoch"}:
+        raise _ProtocolError(
+            "invalid_payload",
+            "'recover' must be an object with exactly 'offset' and 'epoch', "
+            f"got {_json_kind(value) if not isinstance(value, Mapping) else sorted(value)!r}",
+        )
+    offset, epoch = value["offset"], value["epoch"]
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise _ProtocolError(
+            "invalid_payload", f"'recover.offset' must be an integer >= 0, got {offset!r}"
+        )
+    if not isinstance(epoch, str):
+        raise _ProtocolError(
+            "invalid_payload", f"'recover.epoch' must be a string, got {_json_kind(epoch)}"
+        )
+    return StreamPosition(offset, epoch)
 
 
 def _unsubscribe(client: Client, payload: JSONValue) -> None:
@@ -254,10 +314,12 @@ def _refresh(client: Client, payload: JSONValue) -> None:
     client.send(Message._trusted("refreshed", reply, None))
 
 
-def _topic_of(message_type: str, payload: JSONValue, fields: tuple[str, ...]) -> str:
+def _topic_of(
+    message_type: str, payload: JSONValue, fields: tuple[str, ...], required: int = 0
+) -> str:
     """Return the payload's topic, or raise ``invalid_payload`` saying what is wrong."""
     if not isinstance(payload, Mapping):
-        expected = " and ".join(repr(field) for field in fields)
+        expected = " and ".join(repr(field) for field in fields[: required or None])
         raise _ProtocolError(
             "invalid_payload",
             f"a {message_type!r} payload must be an object with {expected}, "
@@ -289,7 +351,7 @@ def _topic_of(message_type: str, payload: JSONValue, fields: tuple[str, ...]) ->
     return topic
 
 
-_Action: TypeAlias = "Callable[[Client, JSONValue], None]"
+_Action: TypeAlias = "Callable[[Client, JSONValue], Awaitable[None] | None]"
 
 _ACTIONS: Final[Mapping[str, _Action]] = {
     "echo": _echo,
@@ -301,4 +363,5 @@ _ACTIONS: Final[Mapping[str, _Action]] = {
 }
 _KNOWN_TYPES: Final = ", ".join(repr(name) for name in _ACTIONS)
 _TOPIC_ONLY: Final = ("topic",)
+_SUBSCRIBE_FIELDS: Final = ("topic", "recover")
 _TOPIC_AND_DATA: Final = ("topic", "data")

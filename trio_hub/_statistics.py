@@ -38,6 +38,25 @@ class HubStatistics:
         errors: Clients ended by an exception in a handler or a transport.
         registrations: Clients registered since the hub opened.
         backend: The backend's state and counters.
+        history_sizes: For each topic whose history this process keeps (the
+            memory history), how many publications it holds now; empty with a
+            shared history (Redis), which keeps its own.
+        recoveries: Recoveries (:meth:`Client.recover` with a position) that
+            replayed everything missed (``recovered=True``).
+        recovery_failures: Recoveries that could not (``recovered=False``:
+            wrong epoch, trimmed, expired): nothing was replayed.
+        history_errors: History requests that failed because the shared
+            history was unreachable (:class:`HistoryUnavailableError`).
+        history_local_only: Publications on a topic with history that reached
+            this node's clients only, without an offset, because the shared
+            history was unreachable (the topic's epoch then changes).
+        history_gaps: Times this node found that it had missed numbered
+            publications from the backend (an offset that skips, or a new
+            epoch), and closed the topic's clients with 4003 so that they
+            recover.
+
+    .. versionchanged:: 0.2
+       The ``history_*`` and ``recover*`` fields.
     """
 
     clients: int
@@ -56,6 +75,12 @@ class HubStatistics:
     errors: int
     registrations: int
     backend: BackendStatistics
+    history_sizes: Mapping[str, int]
+    recoveries: int
+    recovery_failures: int
+    history_errors: int
+    history_local_only: int
+    history_gaps: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,12 +37,14 @@ import trio
 
 from ._closecodes import CloseCode
 from ._errors import TransportClosed
+from ._history import HistoryResult, StreamPosition
 from ._hub import Hub, open_hub
 from ._message import Message
 
 if TYPE_CHECKING:
     from ._client import Client
     from ._config import MessageHandler
+    from ._history import HistoryPolicyFunction
     from ._policy import SlowClientPolicy
     from .backends import Backend
 
@@ -81,6 +83,10 @@ class HubSettings(TypedDict, total=False):
     close_timeout: float
     on_message: MessageHandler | None
     backend: Backend | None
+    history_size: int | None
+    history_ttl: float | None
+    history: HistoryPolicyFunction | None
+    max_history_topics: int
 
 
 class HubClientFactory(Protocol):
@@ -395,8 +401,11 @@ class _Link:
         "outbound_send",
         "peer_closed",
         "pings",
+        "positions",
         "reason",
         "server_side",
+        "test_hub",
+        "wire_capacity",
     )
 
     def __init__(self, wire_capacity: int | float, inbound_capacity: int | float) -> None:
@@ -411,6 +420,10 @@ class _Link:
         self.code: int | None = None
         self.reason = ""
         self.server_side: Client | None = None
+        self.test_hub: TestHub | None = None
+        self.wire_capacity = wire_capacity
+        # Topics with history: the position of the last publication received.
+        self.positions: dict[str, StreamPosition] = {}
 
 
 @final
@@ -615,7 +628,7 @@ class MemoryClient:
             MemoryClientClosed: as :meth:`receive_text`.
             trio.TooSlowError: as :meth:`receive_text`.
         """
-        return Message.decode(await self.receive_text(timeout=timeout))
+        return self._note(Message.decode(await self.receive_text(timeout=timeout)))
 
     def receive_nowait(self) -> Message:
         """Return the next message if one is waiting.
@@ -628,7 +641,61 @@ class MemoryClient:
             text = self._link.outbound_receive.receive_nowait()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self._closed() from None
-        return Message.decode(text)
+        return self._note(Message.decode(text))
+
+    def _note(self, message: Message) -> Message:
+        # Keep the position of the last publication received on each topic
+        # with history; see position().
+        positions = self._link.positions
+        payload = message.payload
+        if positions and isinstance(payload, dict):
+            offset = payload.get("offset")
+            if isinstance(offset, int) and not isinstance(offset, bool):
+                topic = payload.get("topic")
+                if not isinstance(topic, str) and len(positions) == 1:
+                    topic = next(iter(positions))
+                if isinstance(topic, str) and topic in positions:
+                    positions[topic] = StreamPosition(offset, positions[topic].epoch)
+        return message
+
+    def position(self, topic: str) -> StreamPosition | None:
+        """The position of the last publication this client received on ``topic``.
+
+        Known for the topics subscribed with :meth:`TestHub.recover` (which
+        gives the epoch), and updated by every message received whose payload
+        carries an ``"offset"`` and names the topic in ``"topic"``, as the
+        wire protocol's ``message`` frames do (or that comes while the client
+        holds one topic with history). ``None`` for other topics.
+
+        .. versionadded:: 0.2
+        """
+        return self._link.positions.get(topic)
+
+    async def reconnect(self) -> tuple[MemoryClient, dict[str, HistoryResult]]:
+        """Close this connection (if open), connect again, and recover every topic.
+
+        The new client recovers each topic that this one subscribed with
+        :meth:`TestHub.recover`, from the position of the last publication
+        this one *received* (:meth:`position`): messages still unread when it
+        closed count as missed, as for a browser whose connection drops.
+
+        Returns:
+            The new client, and the result of each topic's recovery.
+
+        Raises:
+            RuntimeError: if this client was not connected by :meth:`TestHub.connect`.
+
+        .. versionadded:: 0.2
+        """
+        test_hub = self._link.test_hub
+        if test_hub is None:
+            raise RuntimeError("only a client from TestHub.connect() can reconnect")
+        await self.close()
+        client = test_hub.connect(wire_capacity=self._link.wire_capacity)
+        results = {}
+        for topic, position in self._link.positions.items():
+            results[topic] = await test_hub.recover(client, topic, position)
+        return client, results
 
     def drain(self) -> list[Message]:
         """Return every message waiting now, without blocking."""
@@ -895,7 +962,26 @@ class TestHub:
             transport, topics=topics, identity=identity, on_message=on_message
         )
         peer._link.server_side = client
+        peer._link.test_hub = self
         return peer
+
+    async def recover(
+        self, client: MemoryClient, topic: str, since: StreamPosition | None = None
+    ) -> HistoryResult:
+        """Subscribe ``client`` to ``topic`` with recovery, as :meth:`~trio_hub.Hub.recover`.
+
+        The client then keeps its position on ``topic`` (:meth:`MemoryClient.position`),
+        for :meth:`MemoryClient.reconnect`.
+
+        .. versionadded:: 0.2
+        """
+        result = await self._hub.recover(client.server_side, topic, since)
+        # Where the client stands before it reads the replay (if any); each
+        # publication it receives moves this on.
+        client._link.positions[topic] = (
+            since if result.recovered and since is not None else result.position
+        )
+        return result
 
     def __repr__(self) -> str:
         return f"<TestHub {self._hub!r}>"

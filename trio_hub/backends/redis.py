@@ -65,6 +65,7 @@ a node that cannot keep up is disconnected by Redis, which is an outage as above
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import math
@@ -75,6 +76,13 @@ from urllib.parse import urlsplit
 
 import trio
 
+from .._history import (
+    HistoryPolicy,
+    HistorySink,
+    HistoryUnavailableError,
+    StreamPosition,
+    new_epoch,
+)
 from ._base import BackendSink, BackendStatistics, BackendUnavailableError
 
 try:
@@ -118,6 +126,123 @@ _SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 
 _NOT_SUBSCRIBED: Final = object()
 
+# Numbered publications (topics with history) have their own version byte, and
+# the node id is followed by "<offset> <epoch> " and the message.
+_NUMBERED_VERSION: Final = b"\x02"
+
+# Every Redis key of a topic's history lives this long after its last
+# publication (at least), so that idle topics cost Redis nothing forever.
+_META_TTL: Final = 86_400  # seconds
+
+# Number, keep and publish one message, atomically: so every node sees one
+# order per topic. KEYS: meta hash, stream. ARGV: channel, header, message,
+# size, epoch for a new history, stream TTL (ms), meta TTL (s).
+_APPEND_SCRIPT: Final = b"""
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 't', ms, 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
+return {offset, epoch}
+"""
+
+# Read a topic's position and the publications after a position, only if the
+# stream still holds all of them (none trimmed, none older than the TTL).
+# KEYS: meta, stream. ARGV: since (-1: none), its epoch, limit (-1: none),
+# epoch for a new history, TTL (ms, 0: none), meta TTL (s).
+# Returns {top, epoch, recovered (0/1), offset, message, offset, message...}.
+_READ_SCRIPT: Final = b"""
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local since = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[5])
+local oldest = -1
+if ttl > 0 then
+  local now = redis.call('TIME')
+  oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
+end
+local result = {top, epoch, 1}
+if since >= 0 then
+  if ARGV[2] ~= epoch or since > top then return {top, epoch, 0} end
+  if since == top then return result end
+end
+if limit == 0 then return result end
+local start = '-'
+if since >= 0 then start = (since + 1) .. '-0' end
+local entries
+if limit > 0 then
+  entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', limit)
+else
+  entries = redis.call('XRANGE', KEYS[2], start, '+')
+end
+local first = true
+for _, entry in ipairs(entries) do
+  local offset = tonumber(string.match(entry[1], '^(%d+)'))
+  local fields = entry[2]
+  if tonumber(fields[2]) > oldest then
+    if first and since >= 0 and offset ~= since + 1 then return {top, epoch, 0} end
+    first = false
+    table.insert(result, offset)
+    table.insert(result, fields[4])
+  elseif since >= 0 then
+    return {top, epoch, 0}
+  end
+end
+if first and since >= 0 then return {top, epoch, 0} end
+return result
+"""
+
+# A node that delivered publications unnumbered (Redis was out of reach) gives
+# the topic a new epoch once Redis is back: no position from before may then
+# pass for complete. KEYS: meta. ARGV: the new epoch.
+_RESET_SCRIPT: Final = b"""
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'e', ARGV[1]) end
+return 1
+"""
+
+_SCRIPTS: Final = (_APPEND_SCRIPT, _READ_SCRIPT, _RESET_SCRIPT)
+_APPEND_SHA, _READ_SHA, _RESET_SHA = (
+    hashlib.sha1(script).hexdigest().encode() for script in _SCRIPTS
+)
+
+# An outbox entry: (channel, data) for a plain publication, or
+# (channel, data, numbered) for one on a topic with history.
+_Reply = Callable[[StreamPosition | BaseException], None]
+
+
+@final
+class _Numbered:
+    """What an outbox entry for a topic with history carries besides its bytes."""
+
+    __slots__ = ("policy", "reply", "topic")
+
+    def __init__(self, topic: str, policy: HistoryPolicy, reply: _Reply | None) -> None:
+        self.topic = topic
+        self.policy = policy
+        self.reply = reply
+
+    def resolve(self, result: StreamPosition | BaseException) -> None:
+        # At most once: whoever waits is told exactly one outcome.
+        reply, self.reply = self.reply, None
+        if reply is not None:
+            reply(result)
+
+    def fail(self, why: str) -> None:
+        self.resolve(HistoryUnavailableError(why))
+
 
 @final
 class RedisBackend:
@@ -149,12 +274,14 @@ class RedisBackend:
     """
 
     __slots__ = (
+        "_awaiting",
         "_channels",
         "_confirmed",
         "_connect_attempts",
         "_connected",
         "_connection_class",
         "_connection_kwargs",
+        "_dirty",
         "_down_since",
         "_header",
         "_inbound_peak",
@@ -171,9 +298,11 @@ class RedisBackend:
         "_prefix",
         "_publish_failures",
         "_published",
+        "_reader",
         "_received",
         "_sink",
         "_start_timeout",
+        "_subscribe_waiters",
         "_subscriber",
     )
 
@@ -219,9 +348,17 @@ class RedisBackend:
         self._keepalive_interval = float(keepalive_interval)
         self._max_reconnect_delay = float(max_reconnect_delay)
         self._header = _FORMAT_VERSION + uuid.uuid4().bytes
-        self._outbox_send, self._outbox_receive = trio.open_memory_channel[tuple[bytes, bytes]](
-            outbox_size
-        )
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[
+            tuple[bytes, bytes, _Numbered | None]
+        ](outbox_size)
+        # Topics with history whose publications reached local clients only
+        # (Redis was out of reach): they get a new epoch once it is back.
+        self._dirty: set[str] = set()
+        # Publications whose caller waits for their position.
+        self._awaiting: set[_Numbered] = set()
+        self._subscribe_waiters: dict[bytes, trio.Event] = {}
+        # The connection that history reads go through, while connected.
+        self._reader: BaseConnection | None = None
         # The channels this node wants, each with its topic (None: broadcasts).
         # This is the source of truth, re-sent in full after every reconnection.
         self._channels: dict[bytes, str | None] = {self.channel_name(None).encode(): None}
@@ -263,7 +400,7 @@ class RedisBackend:
             return
         channel = self.channel_name(topic).encode()
         try:
-            self._outbox_send.send_nowait((channel, self._header + data))
+            self._outbox_send.send_nowait((channel, self._header + data, None))
         except trio.WouldBlock:
             self._publish_failures += 1
             if not self._outbox_full_logged:
@@ -274,6 +411,104 @@ class RedisBackend:
                     self._location,
                     self._outbox_send.statistics().max_buffer_size,
                 )
+
+    # ------------------------------------------------------------ history
+
+    def _keys(self, topic: str) -> tuple[bytes, bytes]:
+        base = f"{self._prefix}:history:{topic}"
+        return f"{base}:meta".encode(), f"{base}:stream".encode()
+
+    def append(self, topic: str, policy: HistoryPolicy, data: bytes, reply: _Reply | None) -> bool:
+        """Number, keep and publish a message on a topic with history, via Redis.
+
+        The node delivers it to its own clients when Redis sends it back,
+        numbered, as every node does. Returns ``False`` (and sends nothing)
+        while Redis is out of reach or the outbox is full; the topic then gets
+        a new epoch once Redis is back.
+        """
+        if self._connected:
+            try:
+                numbered = _Numbered(topic, policy, reply)
+                self._outbox_send.send_nowait((self.channel_name(topic).encode(), data, numbered))
+            except trio.WouldBlock:
+                self._publish_failures += 1
+            else:
+                if reply is not None:
+                    self._awaiting.add(numbered)
+                return True
+        self._dirty.add(topic)
+        return False
+
+    async def read(
+        self,
+        topic: str,
+        policy: HistoryPolicy,
+        since: StreamPosition | None,
+        limit: int | None,
+    ) -> tuple[StreamPosition, list[tuple[int, bytes]], bool]:
+        """Read a topic's position and the publications after ``since``, from Redis.
+
+        Raises:
+            HistoryUnavailableError: if Redis is out of reach, or does not
+                answer within ``io_timeout``.
+        """
+        reader = self._reader
+        if reader is None or not self._connected:
+            raise HistoryUnavailableError(f"Redis at {self._location} is unavailable")
+        meta, stream = self._keys(topic)
+        ttl_ms = 0 if policy.ttl is None else max(1, round(policy.ttl * 1000))
+        try:
+            with trio.fail_after(self._io_timeout):
+                reply = await reader.create_request(
+                    b"EVALSHA",
+                    _READ_SHA,
+                    2,
+                    meta,
+                    stream,
+                    -1 if since is None else since.offset,
+                    "" if since is None else since.epoch,
+                    -1 if limit is None else limit,
+                    new_epoch(),
+                    ttl_ms,
+                    _meta_ttl(policy),
+                )
+        except _FAILURES as exc:
+            raise HistoryUnavailableError(
+                f"Redis at {self._location} did not answer a history request: {exc!r}"
+            ) from exc
+        assert isinstance(reply, list)
+        top, epoch, recovered, *flat = reply
+        assert isinstance(top, int)
+        assert isinstance(epoch, bytes)
+        entries: list[tuple[int, bytes]] = []
+        for index in range(0, len(flat), 2):
+            offset, data = flat[index], flat[index + 1]
+            assert isinstance(offset, int)
+            assert isinstance(data, bytes)
+            entries.append((offset, data))
+        return StreamPosition(top, epoch.decode()), entries, recovered == 1
+
+    async def wait_subscribed(self, topic: str) -> None:
+        """Return once Redis has confirmed this node's subscription to ``topic``.
+
+        Raises:
+            HistoryUnavailableError: if Redis is out of reach, or does not
+                confirm within ``io_timeout``.
+        """
+        channel = self.channel_name(topic).encode()
+        if channel not in self._confirmed:
+            if not self._connected:
+                raise HistoryUnavailableError(f"Redis at {self._location} is unavailable")
+            waiter = self._subscribe_waiters.get(channel)
+            if waiter is None:
+                waiter = self._subscribe_waiters[channel] = trio.Event()
+            with trio.move_on_after(self._io_timeout):
+                await waiter.wait()
+            if channel not in self._confirmed:
+                raise HistoryUnavailableError(
+                    f"Redis at {self._location} did not confirm a subscription"
+                )
+        await trio.lowlevel.checkpoint()
 
     def subscribe(self, topic: str) -> None:
         """See :meth:`Backend.subscribe <trio_hub.backends.Backend.subscribe>`."""
@@ -334,6 +569,15 @@ class RedisBackend:
         if self._sink is not None:
             raise RuntimeError("a RedisBackend serves one hub, once")
         self._sink = sink
+        try:
+            await self._run(task_status)
+        finally:
+            # The hub is closing: nobody must wait for an offset forever.
+            for numbered in list(self._awaiting):
+                numbered.fail("the hub closed before Redis numbered this publication")
+            self._awaiting.clear()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         deadline = trio.current_time() + self._start_timeout
         delay = _FIRST_RECONNECT_DELAY
         started = False
@@ -361,7 +605,11 @@ class RedisBackend:
                 failure = _first_leaf(group)
             finally:
                 self._subscriber = None
+                self._reader = None
                 self._confirmed.clear()
+                for waiter in self._subscribe_waiters.values():
+                    waiter.set()
+                self._subscribe_waiters.clear()
             if not started:
                 if trio.current_time() >= deadline:
                     raise BackendUnavailableError(
@@ -382,6 +630,16 @@ class RedisBackend:
         # commands and PING, so publications need their own.
         subscriber = await self._open_connection(session)
         publisher = await self._open_connection(session)
+        reader = await self._open_connection(session)
+        for script in _SCRIPTS:
+            await publisher.create_request(b"SCRIPT", b"LOAD", script)
+        # Before any new publication: positions from before an unnumbered
+        # delivery must not pass for complete.
+        for topic in sorted(self._dirty):
+            meta, _ = self._keys(topic)
+            await publisher.create_request(b"EVALSHA", _RESET_SHA, 1, meta, new_epoch())
+        self._dirty.clear()
+        self._reader = reader
         # From this line on, subscribe() and unsubscribe() queue their commands
         # on this connection after this SUBSCRIBE, so Redis sees them in order.
         self._subscriber = subscriber
@@ -446,10 +704,21 @@ class RedisBackend:
         # they are dropped and counted as every publication made during it is.
         while True:
             try:
-                self._outbox_receive.receive_nowait()
+                _, data, numbered = self._outbox_receive.receive_nowait()
             except trio.WouldBlock:
                 break
             self._publish_failures += 1
+            if numbered is not None:
+                # Never sent: deliver it here, unnumbered, as a publication
+                # made during the outage is.
+                self._fail_numbered(numbered)
+                if self._sink is not None:
+                    self._sink.deliver(numbered.topic, data)
+
+    def _fail_numbered(self, numbered: _Numbered) -> None:
+        self._dirty.add(numbered.topic)
+        numbered.fail(f"Redis at {self._location} became unavailable")
+        self._awaiting.discard(numbered)
 
     # ------------------------------------------------------------ tasks
 
@@ -469,19 +738,59 @@ class RedisBackend:
             # per scheduler tick.
             commands: list[CommandRequest[Any]] = [
                 CommandRequest(b"PUBLISH", channel, data, execution_parameters={})
-                for channel, data in batch
+                if numbered is None
+                else self._append_command(channel, data, numbered)
+                for channel, data, numbered in batch
             ]
             try:
                 replies = await publisher.create_request_batch(commands)
             except _FAILURES:
-                self._publish_failures += len(batch)
+                self._fail_batch(batch)
                 raise
             errors = [reply for reply in replies if isinstance(reply, BaseException)]
             if errors:
                 # Timeouts or a lost connection: the session must end.
-                self._publish_failures += len(batch)
+                self._fail_batch(batch)
                 raise errors[0]
             self._published += len(batch)
+            for (_, _, numbered), reply in zip(batch, replies, strict=True):
+                if numbered is not None and numbered.reply is not None:
+                    assert isinstance(reply, list)
+                    offset, epoch = reply
+                    assert isinstance(offset, int)
+                    assert isinstance(epoch, bytes)
+                    numbered.resolve(StreamPosition(offset, epoch.decode()))
+                    self._awaiting.discard(numbered)
+
+    def _append_command(
+        self, channel: bytes, data: bytes, numbered: _Numbered
+    ) -> CommandRequest[Any]:
+        meta, stream = self._keys(numbered.topic)
+        policy = numbered.policy
+        ttl_ms = round((policy.ttl if policy.ttl is not None else _META_TTL) * 1000)
+        return CommandRequest(
+            b"EVALSHA",
+            _APPEND_SHA,
+            2,
+            meta,
+            stream,
+            channel,
+            _NUMBERED_VERSION + self._header[1:],
+            data,
+            policy.size,
+            new_epoch(),
+            max(ttl_ms, 1),
+            _meta_ttl(policy),
+            execution_parameters={},
+        )
+
+    def _fail_batch(self, batch: list[tuple[bytes, bytes, _Numbered | None]]) -> None:
+        # Sent, but whether Redis ran them is unknown: not delivered here (they
+        # may come back numbered), and the topics get a new epoch.
+        self._publish_failures += len(batch)
+        for _, _, numbered in batch:
+            if numbered is not None:
+                self._fail_numbered(numbered)
 
     async def _keepalive_loop(self, subscriber: BaseConnection) -> None:
         # A Redis that hangs (SIGSTOP, a dead network path) does not close the
@@ -526,6 +835,25 @@ class RedisBackend:
         parser.bytes_read = 0
         parser.bytes_written = len(unread)
 
+    def _handle_numbered(self, topic: object, data: bytes) -> None:
+        # Every node delivers numbered publications when Redis sends them,
+        # its own included: that is what gives all nodes one order per topic.
+        sink: object = self._sink
+        try:
+            offset_text, epoch, message = data[_HEADER_SIZE:].split(b" ", 2)
+            offset = int(offset_text)
+        except ValueError:
+            self._malformed += 1
+            return
+        if not isinstance(topic, str) or not isinstance(sink, HistorySink):
+            return  # a broadcast channel, or a hub that keeps no history
+        if data[1:_HEADER_SIZE] != self._header[1:]:
+            self._received += 1  # from another node
+        try:
+            sink.deliver_publication(topic, offset, epoch.decode(), message)
+        except Exception:
+            logger.exception("delivering a numbered message from Redis failed")
+
     def _handle(self, push: list[ResponseType]) -> None:
         kind = push[0]
         if kind == b"message":
@@ -535,6 +863,9 @@ class RedisBackend:
             topic = self._channels.get(channel, _NOT_SUBSCRIBED)
             if topic is _NOT_SUBSCRIBED:
                 return  # sent before our UNSUBSCRIBE took effect
+            if data[:1] == _NUMBERED_VERSION:
+                self._handle_numbered(topic, data)
+                return
             if data[:_HEADER_SIZE] == self._header:
                 return  # our own publication: delivered locally already
             if len(data) <= _HEADER_SIZE or data[:1] != _FORMAT_VERSION:
@@ -559,10 +890,19 @@ class RedisBackend:
             channel = push[1]
             assert isinstance(channel, bytes)
             self._confirmed.add(channel)
+            waiter = self._subscribe_waiters.pop(channel, None)
+            if waiter is not None:
+                waiter.set()
         elif kind == b"unsubscribe":
             channel = push[1]
             assert isinstance(channel, bytes)
             self._confirmed.discard(channel)
+
+
+def _meta_ttl(policy: HistoryPolicy) -> int:
+    # The meta (offset and epoch) outlives the stream, so that offsets never
+    # go back while entries remain.
+    return max(_META_TTL, math.ceil(policy.ttl or 0) + 1)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
