@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 from . import _codec
 from ._errors import HubClosedError
 from ._message import JSONValue, Message, _json_kind
+from .backends._base import BackendUnavailableError
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -97,6 +98,19 @@ async def protocol_handler(client: Client, message: Message) -> None:
       ``null``): each subscriber of T, the sender too if subscribed, gets
       ``message`` ``{"topic": T, "data": X}``; then the sender gets
       ``publishResult`` ``{"topic": T, "listenerCount": N}``.
+    * ``presence`` with ``{"topic": T}``, for a topic the sender is subscribed
+      to, on a hub that tracks presence: the sender gets ``presence``
+      ``{"topic": T, "clients": [E, ...]}``, one entry per connection on every
+      node, the sender's own included. Each entry ``E`` is
+      ``{"id": "<client id>", "identity": "<str>" | null, "info": <JSON> | null}``
+      (:meth:`PresenceInfo.to_json <trio_hub.PresenceInfo.to_json>`).
+
+    When the hub sends presence events (``open_hub(presence_events=...)``, the
+    server's ``--presence``), each subscriber of T also gets ``join``
+    ``{"topic": T, "client": E}`` when another connection subscribes to T, and
+    ``leave`` ``{"topic": T, "client": E}`` when one unsubscribes, disconnects,
+    or its node dies (within the backend's bound). A connection gets neither
+    for itself: it has its ``subscribed``/``unsubscribed`` reply.
 
     A topic is a non-empty string of at most :data:`MAX_TOPIC_LENGTH`
     characters, and one client may hold at most :data:`MAX_TOPICS_PER_CLIENT`
@@ -109,8 +123,11 @@ async def protocol_handler(client: Client, message: Message) -> None:
         the connection stays open. ``C`` is ``unknown_type`` (no such message
         type), ``invalid_payload`` (the payload does not have the shape the
         type needs: not an object, a missing, empty, non-string or too long
-        topic, or an unknown field) or ``limit_exceeded`` (one ``subscribe``
-        too many). The hub itself answers frames that are not JSON
+        topic, or an unknown field), ``limit_exceeded`` (one ``subscribe``
+        too many), ``not_subscribed`` (``presence`` for a topic the sender is
+        not subscribed to), ``presence_disabled`` (``presence`` on a hub that
+        does not track it) or ``unavailable`` (the shared presence cannot be
+        read now, during a backend outage). The hub itself answers frames that are not JSON
         (``invalid_json``) or not an envelope (``invalid_envelope``) before any
         handler sees them.
 
@@ -121,6 +138,15 @@ async def protocol_handler(client: Client, message: Message) -> None:
         client: The client that sent ``message``.
         message: The decoded message.
     """
+    if message.type == "presence":
+        # The one request that may wait: with a shared store it reads Redis.
+        try:
+            await _presence(client, message.payload)
+        except _ProtocolError as exc:
+            _reply_error(client, exc.code, exc.detail)
+        except HubClosedError:
+            return
+        return
     action = _ACTIONS.get(message.type)
     if action is None:
         _reply_error(
@@ -188,6 +214,28 @@ def _publish(client: Client, payload: JSONValue) -> None:
     client.send(Message._trusted("publishResult", {"topic": topic, "listenerCount": count}, None))
 
 
+async def _presence(client: Client, payload: JSONValue) -> None:
+    topic = _topic_of("presence", payload, _TOPIC_ONLY)
+    hub = client.hub
+    if not hub.presence_enabled:
+        raise _ProtocolError("presence_disabled", "this hub does not track presence")
+    # Presence follows the right to subscribe: whoever may not hear a topic
+    # may not see who is on it either.
+    if topic not in client.topics:
+        raise _ProtocolError("not_subscribed", f"subscribe to {topic!r} before asking who is on it")
+    try:
+        entries = await hub.presence(topic)
+    except BackendUnavailableError as exc:
+        raise _ProtocolError("unavailable", f"presence cannot be read now: {exc}") from None
+    if client.closed:
+        return
+    client.send(
+        Message._trusted(
+            "presence", {"topic": topic, "clients": [entry.to_json() for entry in entries]}, None
+        )
+    )
+
+
 def _topic_of(message_type: str, payload: JSONValue, fields: tuple[str, ...]) -> str:
     """Return the payload's topic, or raise ``invalid_payload`` saying what is wrong."""
     if not isinstance(payload, Mapping):
@@ -232,6 +280,6 @@ _ACTIONS: Final[Mapping[str, _Action]] = {
     "unsubscribe": _unsubscribe,
     "publish": _publish,
 }
-_KNOWN_TYPES: Final = ", ".join(repr(name) for name in _ACTIONS)
+_KNOWN_TYPES: Final = ", ".join(repr(name) for name in [*_ACTIONS, "presence"])
 _TOPIC_ONLY: Final = ("topic",)
 _TOPIC_AND_DATA: Final = ("topic", "data")

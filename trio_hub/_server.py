@@ -19,10 +19,12 @@ from trio_websocket import ConnectionClosed, wrap_server_stream
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, HubError
 from ._hub import Hub
+from ._message import JSONValue
 from ._stream import FastWebSocketTransport, HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
 
 __all__ = [
+    "Admission",
     "Authenticator",
     "HandshakeRejection",
     "HandshakeRequest",
@@ -76,6 +78,24 @@ class HandshakeRequest:
 
 Authenticator = Callable[[HandshakeRequest], Awaitable[object]]
 """An async callable that returns the client's identity or raises :class:`HandshakeRejection`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Return one from an ``authenticate`` hook to attach presence ``info`` too.
+
+    Any other return value is the client's identity alone.
+
+    Attributes:
+        identity: The client's :attr:`Client.identity`.
+        info: Its :attr:`Client.info`: small JSON shown in presence, at most
+            :data:`MAX_PRESENCE_INFO_SIZE` bytes.
+
+    .. versionadded:: 0.2
+    """
+
+    identity: object
+    info: JSONValue = None
 
 
 def default_index_html() -> bytes:
@@ -389,8 +409,18 @@ async def _upgrade_and_serve(
             return
         hub_stream.connection = connection
         transport = FastWebSocketTransport(connection, hub_stream)
+        info: JSONValue = None
+        if isinstance(identity, Admission):
+            admission = identity
+            identity, info = admission.identity, admission.info
         try:
-            client = policy.hub._add_client(transport, identity=identity)
+            client = policy.hub._add_client(transport, identity=identity, info=info)
+        except ValueError:
+            logger.exception("%s: the authenticate hook returned unusable info", _show(remote))
+            with trio.move_on_after(_RESPONSE_TIMEOUT):
+                await connection.aclose(CloseCode.INTERNAL_ERROR, "internal error")
+            nursery.cancel_scope.cancel()
+            return
         except HubClosedError:
             with trio.move_on_after(_RESPONSE_TIMEOUT):
                 await connection.aclose(CloseCode.GOING_AWAY, "shutting down")

@@ -38,6 +38,15 @@ class HubStatistics:
         errors: Clients ended by an exception in a handler or a transport.
         registrations: Clients registered since the hub opened.
         backend: The backend's state and counters.
+        presence_entries: This node's presence entries now (one per connection
+            and topic); 0 unless the hub tracks presence.
+        presence_joins: Entries this node has added (subscriptions begun).
+        presence_leaves: Entries this node has removed (subscriptions ended).
+        presence_expirations: Other nodes' entries that this node saw expire
+            because their node stopped answering (see :doc:`/howto/presence`).
+
+    .. versionchanged:: 0.2
+       The ``presence_*`` counters.
     """
 
     clients: int
@@ -56,6 +65,10 @@ class HubStatistics:
     errors: int
     registrations: int
     backend: BackendStatistics
+    presence_entries: int = 0
+    presence_joins: int = 0
+    presence_leaves: int = 0
+    presence_expirations: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
