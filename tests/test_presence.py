@@ -154,7 +154,7 @@ def test_presence_info_round_trips_through_json() -> None:
     assert PresenceInfo._from_json(entry.to_json()) == entry
     for bad in (None, {"id": 7}, {"id": "7", "identity": 3}):
         with pytest.raises(ValueError, match="not a presence entry"):
-            PresenceInfo._from_json(bad)
+            PresenceInfo._from_json(bad)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------- a model of one node

@@ -41,6 +41,7 @@ _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # The same defaults as RedisBackend's, spelled out here for --help.
 REDIS_PREFIX: Final = "trio_hub"
 REDIS_START_TIMEOUT: Final = 5.0
+REDIS_PRESENCE_TTL: Final = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +184,17 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
 
+    presence = serve.add_argument_group("presence")
+    presence.add_argument(
+        "--presence",
+        action="store_true",
+        help=(
+            "track who is subscribed to each topic: answer 'presence' requests, and send "
+            "'join' and 'leave' messages to a topic's subscribers; with --redis, shared by "
+            "every node (default: off)"
+        ),
+    )
+
     # Where messages are shared with other hub processes; _backend() turns
     # these options into a Backend.
     backend = serve.add_argument_group(
@@ -220,6 +232,16 @@ def _parser() -> argparse.ArgumentParser:
         default=REDIS_START_TIMEOUT,
         metavar="SECONDS",
         help="seconds to keep trying to reach Redis at start before exiting with status 1",
+    )
+    backend.add_argument(
+        "--redis-presence-ttl",
+        type=_positive_float,
+        default=REDIS_PRESENCE_TTL,
+        metavar="SECONDS",
+        help=(
+            "with --presence: a node that dies without saying goodbye drops out of presence "
+            "after this many seconds, and its clients' 'leave' messages go out within 4/3 of it"
+        ),
     )
 
     output = serve.add_argument_group("output")
@@ -382,6 +404,7 @@ def _backend(options: argparse.Namespace) -> Backend | None:
             options.redis,
             prefix=options.redis_prefix,
             start_timeout=options.redis_start_timeout,
+            presence_ttl=options.redis_presence_ttl,
         )
     except ValueError as exc:
         raise _StartError(f"--redis: {exc}") from None
@@ -412,6 +435,7 @@ async def _serve(options: argparse.Namespace) -> int:
                 drain_timeout=options.drain_timeout,
                 on_message=protocol_handler,
                 backend=backend,
+                presence_events=options.presence,
             ) as hub:
                 if backend is not None:
                     logger.info("sharing messages with other nodes through %r", backend)
