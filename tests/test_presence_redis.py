@@ -8,10 +8,16 @@ Every test has a time limit; the only polling waits for other processes.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from unittest.mock import ANY
 
@@ -20,13 +26,24 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as websocket_connect
 
 from trio_hub import Hub, Message, PresenceInfo, open_hub, protocol_handler
 from trio_hub.backends import BackendUnavailableError
 from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, TestHub
 
-from .redis_server import RedisServer
+from .redis_server import REPO_ROOT, STARTUP_TIMEOUT, RedisServer, wait_for_line
 from .test_redis import LIMIT, eventually, wait_for_state
 
 TTL = 1.0  # seconds: presence_ttl for these tests, short so that expiry is quick
@@ -186,3 +203,295 @@ async def wait_for_subscribed(url: str, channel: str, nodes: int) -> None:
             return counts[channel.encode()] == nodes  # type: ignore[index]
 
         await eventually(subscribed)
+
+
+# ------------------------------------- three processes, killed and restarted
+#
+# Three node processes (tests/presence_node.py) on one redis-server, driven by
+# a Hypothesis state machine through synchronous WebSocket clients. The model:
+# which client is on which node and topic. After every step, each client must
+# have received exactly the join/leave events the model says, in order, and
+# presence, asked on every node, must list exactly the model's subscribers.
+# A killed node's clients must be announced as leaving within the documented
+# bound, presence_ttl * 4 / 3 (plus a margin for a loaded machine).
+
+NODES = 3
+MAX_CLIENTS = 5
+PROCESS_TTL = 1.0
+KILL_MARGIN = 2.0  # seconds on top of the bound, for a loaded single core
+STEP_TIMEOUT = 10.0  # seconds for anything a step waits for
+TOPIC_NAMES = ("red", "green")
+
+
+class PresenceNodeProcess:
+    """A tests/presence_node.py process; killed with SIGKILL, as a crash would."""
+
+    def __init__(self, redis_url: str, prefix: str) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.presence_node", redis_url, prefix, str(PROCESS_TTL)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert self._process.stderr is not None
+        line = wait_for_line(self._process, self._process.stderr, b"listening on ws://")
+        self.url = line.decode().rpartition("listening on ")[2].strip()
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait(STARTUP_TIMEOUT)
+        assert self._process.stderr is not None
+        self._process.stderr.close()
+
+
+@dataclass
+class PresenceCluster:
+    redis: RedisServer
+    prefix: str
+    nodes: list[PresenceNodeProcess | None]
+
+    def start(self, index: int) -> None:
+        self.nodes[index] = PresenceNodeProcess(self.redis.url, self.prefix)
+
+
+@pytest.fixture(scope="module")
+def presence_cluster() -> Iterator[PresenceCluster]:
+    server = RedisServer()
+    server.start()
+    cluster = PresenceCluster(server, f"presence-{uuid.uuid4().hex[:8]}", [None] * NODES)
+    try:
+        for index in range(NODES):
+            cluster.start(index)
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            if node is not None:
+                node.kill()
+        server.kill()
+
+
+Event = tuple[str, str, str]  # (join or leave, topic, identity)
+
+
+@dataclass
+class SyncClient:
+    name: str
+    node: int
+    connection: ClientConnection
+    topics: set[str] = field(default_factory=set)
+    events: list[Event] = field(default_factory=list)
+    expected: list[Event] = field(default_factory=list)
+
+    def send(self, type: str, payload: object) -> None:
+        self.connection.send(orjson.dumps({"type": type, "payload": payload}).decode())
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        """The next message that is not an event; events go to ``self.events``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{self.name}: nothing within {timeout}s")
+            message = orjson.loads(self.connection.recv(timeout=remaining))
+            if not self._record(message):
+                return message  # type: ignore[no-any-return]
+
+    def _record(self, message: dict[str, Any]) -> bool:
+        if message["type"] not in ("join", "leave"):
+            return False
+        payload = message["payload"]
+        self.events.append((message["type"], payload["topic"], payload["client"]["identity"]))
+        return True
+
+    def wait_for_events(self, deadline: float) -> None:
+        """Read until this client holds as many events as expected (or more, by then)."""
+        while len(self.events) < len(self.expected):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                message = orjson.loads(self.connection.recv(timeout=remaining))
+                assert self._record(message), f"{self.name}: unexpected {message}"
+        # Whatever else has arrived already: an extra event would show here.
+        while True:
+            try:
+                message = orjson.loads(self.connection.recv(timeout=0))
+            except TimeoutError:
+                return
+            assert self._record(message), f"{self.name}: unexpected {message}"
+
+
+example_counter = itertools.count()
+
+
+class ClusterPresence(RuleBasedStateMachine):
+    cluster: PresenceCluster  # set by the test
+
+    def __init__(self) -> None:
+        super().__init__()
+        run = next(example_counter)
+        self.topic_names = {topic: f"{topic}-{run}" for topic in TOPIC_NAMES}
+        self.run = run
+        self.clients: dict[str, SyncClient] = {}
+        self.next_client = 0
+        for index, node in enumerate(self.cluster.nodes):
+            if node is None:
+                self.cluster.start(index)
+
+    # ------------------------------------------------------------ rules
+
+    @precondition(lambda self: len(self.clients) < MAX_CLIENTS)
+    @rule(node=st.integers(0, NODES - 1))
+    def connect(self, node: int) -> None:
+        process = self.cluster.nodes[node]
+        if process is None:
+            return
+        name = f"c{self.run}-{self.next_client}"
+        self.next_client += 1
+        connection = websocket_connect(
+            f"{process.url}?user={name}", open_timeout=STEP_TIMEOUT, legacy=True
+        )
+        self.clients[name] = SyncClient(name, node, connection)
+
+    @precondition(lambda self: self.clients)
+    @rule(data=st.data(), topic=st.sampled_from(TOPIC_NAMES))
+    def subscribe(self, data: st.DataObject, topic: str) -> None:
+        client = self.clients[data.draw(st.sampled_from(sorted(self.clients)))]
+        name = self.topic_names[topic]
+        client.send("subscribe", {"topic": name})
+        assert client.receive(STEP_TIMEOUT) == {"type": "subscribed", "payload": {"topic": name}}
+        if name not in client.topics:
+            self._announce("join", name, client)
+            client.topics.add(name)
+        self._settle()
+
+    @precondition(lambda self: self.clients)
+    @rule(data=st.data(), topic=st.sampled_from(TOPIC_NAMES))
+    def unsubscribe(self, data: st.DataObject, topic: str) -> None:
+        client = self.clients[data.draw(st.sampled_from(sorted(self.clients)))]
+        name = self.topic_names[topic]
+        client.send("unsubscribe", {"topic": name})
+        assert client.receive(STEP_TIMEOUT) == {
+            "type": "unsubscribed",
+            "payload": {"topic": name},
+        }
+        if name in client.topics:
+            client.topics.discard(name)
+            self._announce("leave", name, client)
+        self._settle()
+
+    @precondition(lambda self: self.clients)
+    @rule(data=st.data())
+    def disconnect(self, data: st.DataObject) -> None:
+        client = self.clients.pop(data.draw(st.sampled_from(sorted(self.clients))))
+        client.connection.close()
+        for name in sorted(client.topics):
+            self._announce("leave", name, client)
+        self._settle()
+
+    @rule(node=st.integers(0, NODES - 1))
+    def kill(self, node: int) -> None:
+        process = self.cluster.nodes[node]
+        if process is None or sum(n is not None for n in self.cluster.nodes) == 1:
+            return  # keep one node alive, or there is nobody left to check
+        process.kill()
+        killed_at = time.monotonic()
+        self.cluster.nodes[node] = None
+        gone = [client for client in self.clients.values() if client.node == node]
+        for client in gone:
+            del self.clients[client.name]
+            client.connection.close_socket()
+        for client in gone:
+            for name in sorted(client.topics):
+                self._announce("leave", name, client)
+        # The documented bound: within presence_ttl * 4 / 3 of the kill.
+        self._settle(deadline=killed_at + PROCESS_TTL * 4 / 3 + KILL_MARGIN)
+
+    @rule(node=st.integers(0, NODES - 1))
+    def restart(self, node: int) -> None:
+        if self.cluster.nodes[node] is None:
+            self.cluster.start(node)
+
+    # ---------------------------------------------------------- checking
+
+    def _announce(self, kind: str, topic: str, subject: SyncClient) -> None:
+        for other in self.clients.values():
+            if other is not subject and topic in other.topics:
+                other.expected.append((kind, topic, subject.name))
+
+    def _settle(self, deadline: float | None = None) -> None:
+        if deadline is None:
+            deadline = time.monotonic() + STEP_TIMEOUT
+        for client in self.clients.values():
+            client.wait_for_events(deadline)
+        for client in self.clients.values():
+            assert client.events == client.expected, client.name
+        # Each node subscribes in Redis to a topic when its first client does,
+        # and presence writes are asynchronous: wait until Redis holds what
+        # the model says, so that the next step starts from a settled state.
+        expected = (self._model_presence(), self._model_numsub())
+        wait_until(lambda: trio.run(self._redis_state) == expected, deadline)
+
+    def _model_presence(self) -> dict[str, set[str]]:
+        return {
+            name: {client.name for client in self.clients.values() if name in client.topics}
+            for name in self.topic_names.values()
+        }
+
+    def _model_numsub(self) -> dict[str, int]:
+        return {
+            name: len({c.node for c in self.clients.values() if name in c.topics})
+            for name in self.topic_names.values()
+        }
+
+    async def _redis_state(self) -> tuple[dict[str, set[str]], dict[str, int]]:
+        """Who is on each topic per Redis (live nodes only), and each channel's nodes."""
+        prefix = f"{self.cluster.prefix}:presence:"
+        presence: dict[str, set[str]] = {}
+        async with coredis.Redis.from_url(self.cluster.redis.url) as redis:
+            for name in self.topic_names.values():
+                presence[name] = set()
+                entries = await redis.hgetall(f"{prefix}topic:{name}")
+                for client_id, data in entries.items():
+                    node = client_id.decode().partition(".")[0]
+                    if await redis.exists([f"{prefix}alive:{node}"]):
+                        presence[name].add(orjson.loads(data)["identity"])
+            channels = {f"{self.cluster.prefix}:topic:{name}": name for name in presence}
+            counts = await redis.pubsub_numsub(*channels)
+        numsub = {channels[channel.decode()]: count for channel, count in counts.items()}
+        return presence, numsub
+
+    @invariant()
+    def presence_on_every_node_matches_the_model(self) -> None:
+        for client in self.clients.values():
+            for name in sorted(client.topics):
+                client.send("presence", {"topic": name})
+                reply = client.receive(STEP_TIMEOUT)
+                assert reply["type"] == "presence", reply
+                listed = [entry["identity"] for entry in reply["payload"]["clients"]]
+                assert len(listed) == len(set(listed)), listed
+                assert set(listed) == self._model_presence()[name], (client.name, name)
+
+    def teardown(self) -> None:
+        for client in self.clients.values():
+            client.connection.close()
+
+
+def wait_until(check: Callable[[], bool], deadline: float) -> None:
+    """Poll another process's state until ``check`` holds, or fail at ``deadline``."""
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not settled in time: {check}")
+        time.sleep(0.01)
+
+
+def test_presence_across_three_processes_follows_the_model(
+    presence_cluster: PresenceCluster,
+) -> None:
+    ClusterPresence.cluster = presence_cluster
+    run_state_machine_as_test(
+        ClusterPresence,
+        settings=settings(max_examples=6, stateful_step_count=10, deadline=None),
+    )
