@@ -5,6 +5,7 @@ The multi-node half, on real redis-server processes, is tests/test_presence_redi
 
 from __future__ import annotations
 
+import sys
 from functools import partial
 from unittest.mock import ANY
 
@@ -14,10 +15,12 @@ import trio.testing
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from trio_websocket import open_websocket_url
 
 from trio_hub import (
     MAX_PRESENCE_INFO_SIZE,
     Admission,
+    Client,
     HandshakeRequest,
     Message,
     PresenceInfo,
@@ -26,6 +29,8 @@ from trio_hub import (
     serve_hub,
 )
 from trio_hub.testing import MemoryClient, open_test_hub
+
+from .test_cli import LIMIT, client, receive, request, running_server
 
 # ------------------------------------------------------------------ library
 
@@ -323,10 +328,6 @@ async def test_presence_requests_on_a_hub_without_presence_get_an_error() -> Non
 
 
 async def test_serve_hub_attaches_info_from_an_admission() -> None:
-    from trio_websocket import open_websocket_url
-
-    from trio_hub import Client
-
     async def authenticate(request: HandshakeRequest) -> Admission:
         return Admission(request.query["user"], {"name": request.query["user"].title()})
 
@@ -356,3 +357,45 @@ async def test_serve_hub_attaches_info_from_an_admission() -> None:
                     {"id": str(client.id), "identity": "alice", "info": {"name": "Alice"}}
                 ]
             await server.aclose()
+
+
+# --------------------------------------------------------------------- CLI
+
+
+async def test_the_cli_tracks_presence_with_the_presence_flag() -> None:
+    with trio.fail_after(LIMIT):
+        async with (
+            running_server("--presence") as server,
+            client(server.port) as alice,
+            client(server.port) as bob,
+        ):
+            await request(alice, "subscribe", {"topic": "room"})
+            assert await receive(alice) == {"type": "subscribed", "payload": {"topic": "room"}}
+            await request(bob, "subscribe", {"topic": "room"})
+            assert await receive(bob) == {"type": "subscribed", "payload": {"topic": "room"}}
+            join = await receive(alice)
+            assert join["type"] == "join"
+            bob_entry = join["payload"]["client"]
+            assert bob_entry == {"id": ANY, "identity": None, "info": None}
+            await request(bob, "presence", {"topic": "room"})
+            reply = await receive(bob)
+            assert reply["type"] == "presence"
+            assert len(reply["payload"]["clients"]) == 2
+            assert bob_entry in reply["payload"]["clients"]
+        # Without the flag, the server says so.
+        async with running_server() as server, client(server.port) as alice:
+            await request(alice, "subscribe", {"topic": "room"})
+            await receive(alice)
+            await request(alice, "presence", {"topic": "room"})
+            assert (await receive(alice))["payload"]["code"] == "presence_disabled"
+
+
+async def test_the_cli_help_documents_the_presence_options() -> None:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "trio_hub", "serve", "--help"], capture_stdout=True
+        )
+    text = " ".join(result.stdout.decode().split())
+    assert "--presence track who is subscribed" in text
+    assert "--redis-presence-ttl SECONDS" in text
+    assert "(default: 10.0)" in text[text.index("--redis-presence-ttl SECONDS with") :]

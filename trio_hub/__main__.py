@@ -191,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "track who is subscribed to each topic: answer 'presence' requests, and send "
             "'join' and 'leave' messages to a topic's subscribers; with --redis, shared by "
-            "every node (default: off)"
+            "every node"
         ),
     )
 
