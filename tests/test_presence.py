@@ -14,7 +14,13 @@ import trio
 import trio.testing
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from trio_websocket import open_websocket_url
 
 from trio_hub import (
@@ -267,8 +273,10 @@ class OneNodePresence(RuleBasedStateMachine):
                 assert ids == {str(clients[i].server_side.id) for i in members}
 
 
-OneNodePresence.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
-test_one_node_presence_follows_the_model = OneNodePresence.TestCase
+def test_one_node_presence_follows_the_model() -> None:
+    run_state_machine_as_test(
+        OneNodePresence, settings=settings(max_examples=40, stateful_step_count=12, deadline=None)
+    )
 
 
 # ------------------------------------------------------------ wire protocol

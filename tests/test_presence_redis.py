@@ -198,6 +198,26 @@ async def test_presence_during_an_outage_is_an_error_then_comes_back(
             await wait_for_presence(hub_a, "room", ["alice", "bob"])
 
 
+def test_the_presence_redis_example_prints_what_the_howto_shows(
+    redis_server: RedisServer,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "docs/examples/presence_redis.py"), redis_server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout == (
+        "alice saw bob join\n"
+        "node A lists ['alice', 'bob']\n"
+        "node B lists ['bob', 'alice']\n"
+        "alice saw bob leave\n"
+    )
+
+
 async def wait_for_subscribed(url: str, channel: str, nodes: int) -> None:
     async with coredis.Redis.from_url(url) as redis:
 

@@ -705,8 +705,10 @@ return found
 """
 
 # KEYS: nodes set, the node's topics set, its alive key. ARGV: the node, the
-# hash key prefix, and 1 to forget the node (0: keep it, it is being resynced).
+# hash key prefix, 1 to forget the node (0: keep it, it is being resynced), and
+# 1 if the node is dead (then nothing happens if its heartbeat is back).
 _CLEAR_NODE: Final = b"""
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local start = ARGV[1] .. '.'
 for _, topic in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local key = ARGV[2] .. topic
@@ -851,6 +853,7 @@ class _RedisPresence:
             await done.wait()
 
     def _clear_command(self, *, forget: bool, node: str | None = None) -> tuple[bytes, ...]:
+        dead = node is not None
         node = self._node if node is None else node
         return (
             b"EVAL",
@@ -862,6 +865,7 @@ class _RedisPresence:
             node.encode(),
             self._prefix.encode() + b"topic:",
             b"1" if forget else b"0",
+            b"1" if dead else b"0",
         )
 
     # -------------------------------------------------- the session
