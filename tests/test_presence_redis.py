@@ -165,6 +165,27 @@ async def test_a_dead_node_drops_out_and_its_leaves_are_sent(redis_server: Redis
             assert watcher.drain() == []  # one leave, never two
 
 
+async def test_a_burst_of_changes_larger_than_the_outbox_is_not_lost(
+    redis_server: RedisServer,
+) -> None:
+    # Presence changes wait in one place and go out together: they never take
+    # more than one slot of the outbox, so a burst cannot overflow it.
+    url = redis_server.url
+    with trio.fail_after(LIMIT):
+        async with (
+            open_hub(backend=RedisBackend(url, outbox_size=4), presence=True) as hub_a,
+            open_hub(backend=RedisBackend(url), presence=True) as hub_b,
+        ):
+            test_hub = TestHub(hub_a)
+            clients = [test_hub.connect(identity=f"u{i}", topics=["room"]) for i in range(2000)]
+            for client in clients[::2]:
+                client.server_side.unsubscribe("room")
+            expected = sorted(f"u{i}" for i in range(1, 2000, 2))
+            found = await wait_for_presence(hub_b, "room", expected)
+            assert len(found) == 1000
+            assert hub_a.statistics().backend.publish_failures == 0
+
+
 async def assert_room(hub: Hub, identities: list[str]) -> None:
     await TestHub(hub).assert_present("room", *identities)
 

@@ -528,7 +528,7 @@ class RedisBackend:
                 else:
                     # Presence: other commands, in order with the publications.
                     assert isinstance(item, _Commands)
-                    for command in item.commands:
+                    for command in item.take():
                         commands.append(
                             CommandRequest(command[0], *command[1:], execution_parameters={})
                         )
@@ -666,13 +666,28 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 @final
 class _Commands:
-    """Several commands for the outbox, sent in order; ``done`` is set once answered."""
+    """Commands for the outbox, sent in order; ``done`` is set once answered.
 
-    __slots__ = ("commands", "done")
+    With ``build``, the commands are made when the publish loop takes the item,
+    from what has changed by then: presence changes wait in one place and go
+    out together, however many there were, in order with the publications
+    queued after them.
+    """
 
-    def __init__(self, commands: list[tuple[bytes, ...]], done: trio.Event | None = None) -> None:
+    __slots__ = ("build", "commands", "done")
+
+    def __init__(
+        self,
+        commands: list[tuple[bytes, ...]],
+        done: trio.Event | None = None,
+        build: Callable[[], list[tuple[bytes, ...]]] | None = None,
+    ) -> None:
         self.commands = commands
         self.done = done
+        self.build = build
+
+    def take(self) -> list[tuple[bytes, ...]]:
+        return self.build() if self.build is not None else self.commands
 
 
 # KEYS: nodes set, own alive key. ARGV: own node, ttl in ms, alive key prefix.
@@ -750,13 +765,19 @@ class _RedisPresence:
     """The :class:`~trio_hub.backends.PresenceStore` of a :class:`RedisBackend`."""
 
     __slots__ = (
+        "_announce",
         "_backend",
         "_counts",
+        "_flush_queued",
+        "_full",
         "_last_heartbeat",
         "_mourned",
         "_node",
+        "_outbox_full_logged",
+        "_pending",
         "_prefix",
         "_sink",
+        "_touched",
         "_ttl",
     )
 
@@ -772,6 +793,17 @@ class _RedisPresence:
         # entries later, and not to send their leave events twice.
         self._mourned: dict[str, float] = {}
         self._last_heartbeat: float | None = None
+        # Changes not yet sent: (topic, client id) -> the entry, or None to
+        # delete it. Bounded by this node's entries; a join and a leave of the
+        # same connection before they are sent cost one HDEL.
+        self._pending: dict[tuple[str, str], PresenceInfo | None] = {}
+        self._touched: set[str] = set()
+        # Whether the outbox holds an item that will send _pending.
+        self._flush_queued = False
+        # Send everything again (after a reconnection), and announce it.
+        self._full = False
+        self._announce = False
+        self._outbox_full_logged = False
 
     @property
     def node_id(self) -> str:
@@ -791,22 +823,69 @@ class _RedisPresence:
         try:
             backend._outbox_send.send_nowait(commands)
         except trio.WouldBlock:
-            # The connection cannot keep up: an outage will follow, and with
-            # it a full resynchronisation. Until then presence may lag.
-            logger.warning("Redis outbox full: a presence update was dropped")
+            if not self._outbox_full_logged:
+                self._outbox_full_logged = True
+                logger.warning(
+                    "Redis at %s does not keep up: presence changes wait for room in the outbox",
+                    backend._location,
+                )
             return False
+        self._outbox_full_logged = False
         return True
+
+    def _request_flush(self) -> None:
+        # Pending changes stay pending if this fails: the next change or
+        # heartbeat asks again, and a reconnection sends everything.
+        if not self._flush_queued and self._enqueue(_Commands([], build=self._build)):
+            self._flush_queued = True
+
+    def _build(self) -> list[tuple[bytes, ...]]:
+        self._flush_queued = False
+        topics_key = self._key(f"topics:{self._node}")
+        commands: list[tuple[bytes, ...]] = []
+        if self._full:
+            # After a (re)connection Redis may have lost everything (a
+            # restart), or hold entries that left during the outage: clear
+            # this node's, write the current ones.
+            self._full = False
+            self._pending.clear()
+            self._touched.clear()
+            commands.append(self._clear_command(forget=False))
+            backend = self._backend
+            seen: set[str] = set()
+            for topic, entry in self._sink.local_entries():
+                commands.append(self._write_command(topic, entry))
+                if topic not in seen:
+                    seen.add(topic)
+                    commands.append((b"SADD", topics_key, topic.encode()))
+                if self._announce:
+                    # Our heartbeat expired, so the other nodes sent our
+                    # clients' leave events: they are back.
+                    message = event_message("join", topic, entry)
+                    channel = backend.channel_name(topic).encode()
+                    commands.append((b"PUBLISH", channel, backend._header + message.encode()))
+            self._announce = False
+            return commands
+        for (topic, client_id), change in self._pending.items():
+            if change is None:
+                commands.append((b"HDEL", self._hash(topic), client_id.encode()))
+            else:
+                commands.append(self._write_command(topic, change))
+        for topic in self._touched:
+            command = b"SADD" if self._counts.get(topic) else b"SREM"
+            commands.append((command, topics_key, topic.encode()))
+        self._pending.clear()
+        self._touched.clear()
+        return commands
 
     # ------------------------------------------------ PresenceStore
 
     def add(self, topic: str, entry: PresenceInfo) -> None:
         """See :meth:`PresenceStore.add <trio_hub.backends.PresenceStore.add>`."""
-        count = self._counts.get(topic, 0)
-        self._counts[topic] = count + 1
-        commands: list[tuple[bytes, ...]] = [self._write_command(topic, entry)]
-        if count == 0:
-            commands.append((b"SADD", self._key(f"topics:{self._node}"), topic.encode()))
-        self._enqueue(_Commands(commands))
+        self._counts[topic] = self._counts.get(topic, 0) + 1
+        self._pending[topic, entry.client_id] = entry
+        self._touched.add(topic)
+        self._request_flush()
 
     def _write_command(self, topic: str, entry: PresenceInfo) -> tuple[bytes, ...]:
         data = _codec.encode(entry.to_json())
@@ -815,13 +894,13 @@ class _RedisPresence:
     def remove(self, topic: str, entry: PresenceInfo) -> None:
         """See :meth:`PresenceStore.remove <trio_hub.backends.PresenceStore.remove>`."""
         count = self._counts.get(topic, 0) - 1
-        commands: list[tuple[bytes, ...]] = [(b"HDEL", self._hash(topic), entry.client_id.encode())]
         if count <= 0:
             self._counts.pop(topic, None)
-            commands.append((b"SREM", self._key(f"topics:{self._node}"), topic.encode()))
         else:
             self._counts[topic] = count
-        self._enqueue(_Commands(commands))
+        self._pending[topic, entry.client_id] = None
+        self._touched.add(topic)
+        self._request_flush()
 
     async def entries(self, topic: str) -> list[PresenceInfo]:
         """See :meth:`PresenceStore.entries <trio_hub.backends.PresenceStore.entries>`."""
@@ -879,41 +958,18 @@ class _RedisPresence:
             await trio.sleep(interval)
 
     def _resync(self) -> None:
-        # After a (re)connection Redis may have lost everything (a restart), or
-        # hold entries that left during the outage: clear this node's, write
-        # the current ones. One outbox item, so later changes come after it.
-        commands: list[tuple[bytes, ...]] = [self._clear_command(forget=False)]
-        announce = (
+        # One outbox item, built when it is sent: changes made after it come
+        # after it.
+        self._full = True
+        self._announce = (
             self._last_heartbeat is not None
             and trio.current_time() - self._last_heartbeat >= self._ttl
         )
         self._counts.clear()
-        topics_key = self._key(f"topics:{self._node}")
-        backend = self._backend
-        for topic, entry in self._sink.local_entries():
-            commands.append(
-                (
-                    b"HSET",
-                    self._hash(topic),
-                    entry.client_id.encode(),
-                    _codec.encode(entry.to_json()),
-                )
-            )
-            if topic not in self._counts:
-                commands.append((b"SADD", topics_key, topic.encode()))
+        for topic, _ in self._sink.local_entries():
             self._counts[topic] = self._counts.get(topic, 0) + 1
-            if announce:
-                # Our heartbeat expired, so the other nodes sent our clients'
-                # leave events: they are back.
-                message = event_message("join", topic, entry)
-                commands.append(
-                    (
-                        b"PUBLISH",
-                        backend.channel_name(topic).encode(),
-                        backend._header + message.encode(),
-                    )
-                )
-        self._enqueue(_Commands(commands))
+        self._flush_queued = False
+        self._request_flush()
 
     async def _heartbeat(self, publisher: BaseConnection) -> None:
         ttl_ms = max(1, round(self._ttl * 1000))
@@ -929,6 +985,8 @@ class _RedisPresence:
         )
         now = trio.current_time()
         self._last_heartbeat = now
+        if self._pending or self._full:
+            self._request_flush()
         assert isinstance(dead, list)
         dead_nodes = {node.decode() for node in dead if isinstance(node, bytes)}
         # A node that is back (its heartbeat resumed) is no longer mourned.
