@@ -54,7 +54,10 @@ napoleon_attr_annotations = True
 
 
 # JSONValue is recursive: expanded, it makes Message's signature unreadable.
-autodoc_type_aliases = {"JSONValue": "trio_hub.JSONValue"}
+autodoc_type_aliases = {
+    "JSONValue": "trio_hub.JSONValue",
+    "PresenceEvents": "trio_hub.PresenceEvents",
+}
 
 # -- intersphinx --------------------------------------------------------------
 # The inventories are committed under docs/_intersphinx/ so that the build (and

@@ -81,7 +81,7 @@ class PresenceInfo:
     identity: str | None
     info: JSONValue = None
 
-    def to_json(self) -> dict[str, JSONValue]:
+    def to_json(self) -> JSONValue:
         """The entry as the wire protocol sends it: ``{"id", "identity", "info"}``."""
         return {"id": self.client_id, "identity": self.identity, "info": self.info}
 
@@ -157,7 +157,7 @@ class PresenceStore(Protocol):
 
     @property
     def node_id(self) -> str:
-        """This node's id: the start of its entries' ``client_id``."""
+        """The id of this node, which starts the ``client_id`` of its entries."""
         ...
 
     def add(self, topic: str, entry: PresenceInfo) -> None:

@@ -807,7 +807,7 @@ class _RedisPresence:
 
     @property
     def node_id(self) -> str:
-        """This node's id (12 hex digits): the start of its clients' presence ids."""
+        """The id of this node (12 hex digits), which starts its clients' presence ids."""
         return self._node
 
     def _key(self, name: str) -> bytes:
