@@ -126,6 +126,25 @@ async def test_presence_events_can_be_chosen_per_topic() -> None:
         await test_hub.assert_present("news", None, "bob")
 
 
+async def test_a_raising_events_predicate_is_logged_and_sends_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def events(topic: str) -> bool:
+        raise RuntimeError("boom")
+
+    async with open_test_hub(presence_events=events) as test_hub:
+        watcher = test_hub.connect(topics=["room"])
+        bob = test_hub.connect(identity="bob", topics=["room"])
+        await bob.close()
+        await bob.wait_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert watcher.drain() == []
+        assert not watcher.server_side.closed
+        await test_hub.assert_present("room", None)
+        assert test_hub.hub.statistics().errors == 0  # logged; no client ended
+    assert "presence_events predicate raised" in caplog.text
+
+
 async def test_presence_is_off_unless_asked_for() -> None:
     async with open_test_hub() as test_hub:
         assert not test_hub.hub.presence_enabled

@@ -211,7 +211,15 @@ class _PresenceTracker:
 
     def _sends_events(self, topic: str) -> bool:
         events = self._events
-        return events if isinstance(events, bool) else bool(events(topic))
+        if isinstance(events, bool):
+            return events
+        try:
+            return bool(events(topic))
+        except Exception:
+            # An application callback must not break a subscription, a
+            # broadcast or a client's departure (guarantee 4): no events.
+            logger.exception("the presence_events predicate raised for topic %r", topic)
+            return False
 
     def _entry(self, client: Client) -> PresenceInfo:
         store = self._store
