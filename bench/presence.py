@@ -87,10 +87,15 @@ class CountingTransport:
         await trio.lowlevel.checkpoint()
 
 
-def add_subscribers(hub: Hub, count: int) -> list[CountingTransport]:
+async def add_subscribers(hub: Hub, count: int) -> list[CountingTransport]:
     transports = [CountingTransport() for _ in range(count)]
     for index, transport in enumerate(transports):
         hub.register(transport, topics=[TOPIC], identity=f"user-{index}", info={"n": index})
+        if index % 100 == 0:
+            # With events, each join goes to everyone already there: N joins
+            # are N^2 / 2 deliveries. Let the rest of the program run (the
+            # Redis keepalive must be answered within its io_timeout).
+            await trio.lowlevel.checkpoint()
     return transports
 
 
@@ -116,7 +121,7 @@ async def case_local(mode: str, subscribers: int, cycles: int) -> dict[str, floa
     elif mode == "events":
         settings["presence_events"] = True
     async with open_hub(**settings) as hub:
-        add_subscribers(hub, subscribers)
+        await add_subscribers(hub, subscribers)
         await trio.testing.wait_all_tasks_blocked()
         per_cycle = await cycles_locally(hub, cycles)
         result = {"cpu_per_cycle_us": per_cycle * 1e6}
@@ -154,7 +159,7 @@ async def case_redis(url: str, redis_pid: int, subscribers: int, cycles: int) ->
         backend_b = node_b._backend
         assert isinstance(backend_b, RedisBackend)
         while len(transports) < subscribers:
-            transports += add_subscribers(node_b, min(1000, subscribers - len(transports)))
+            transports += await add_subscribers(node_b, min(1000, subscribers - len(transports)))
             while backend_b._outbox_send.statistics().current_buffer_used:  # noqa: ASYNC110
                 await trio.sleep(0.001)
         last = transports[-1]
