@@ -115,6 +115,36 @@ async def test_every_way_of_leaving_sends_a_leave() -> None:
         await test_hub.assert_present("room", None)
 
 
+async def test_a_join_that_evicts_the_last_other_subscriber_keeps_the_topic() -> None:
+    async with open_test_hub(presence_events=True, queue_size=1) as test_hub:
+        hub = test_hub.hub
+        slow = test_hub.connect(topics=["room"], wire_capacity=0)
+        await trio.testing.wait_all_tasks_blocked()
+        hub.publish("room", Message("fills the queue"))
+        newcomer = test_hub.connect(identity="new", topics=["room"])  # its join evicts slow
+        assert slow.server_side.closed
+        assert hub.topics() == {"room"}
+        hub.publish("room", Message("hello"))
+        await newcomer.expect("hello")
+        await test_hub.assert_present("room", "new")
+
+
+async def test_a_leave_that_evicts_the_last_subscriber_removes_the_topic_once() -> None:
+    async with open_test_hub(presence_events=True, queue_size=1) as test_hub:
+        hub = test_hub.hub
+        leaving = test_hub.connect(identity="leaving", topics=["room"])
+        slow = test_hub.connect(topics=["room"], wire_capacity=0)
+        await trio.testing.wait_all_tasks_blocked()
+        await leaving.expect_join("room")
+        hub.publish("room", Message("fills the slow queue"))
+        await leaving.expect("fills the slow queue")
+        leaving.server_side.unsubscribe("room")  # its leave evicts slow
+        assert slow.server_side.closed
+        assert hub.topics() == frozenset()
+        await test_hub.assert_present("room")
+        assert hub.statistics().clients_per_topic == {}
+
+
 async def test_presence_events_can_be_chosen_per_topic() -> None:
     async with open_test_hub(presence_events=lambda topic: topic.startswith("room:")) as test_hub:
         watcher = test_hub.connect(topics=["room:1", "news"])

@@ -305,6 +305,12 @@ class Hub(metaclass=NoPublicConstructor):
             return
         if self._presence is not None:
             self._presence.joining(topic, client)
+            # The join may have evicted the topic's last other subscriber,
+            # which removed the topic.
+            if self._topics.get(topic) is not subscribers:
+                subscribers = self._topics[topic] = {}
+                if self._backend is not None:
+                    self._backend.subscribe(topic)
         subscribers[client] = None
         client._topics.add(topic)
 
@@ -316,7 +322,8 @@ class Hub(metaclass=NoPublicConstructor):
         client._topics.discard(topic)
         if self._presence is not None:
             self._presence.left(topic, client)
-        if not subscribers:
+        # (The leave may have evicted the last subscriber, and removed the topic.)
+        if not subscribers and self._topics.get(topic) is subscribers:
             del self._topics[topic]
             if self._backend is not None:
                 self._backend.unsubscribe(topic)
