@@ -593,3 +593,20 @@ def test_presence_across_three_processes_follows_the_model(
         ClusterPresence,
         settings=settings(max_examples=8, stateful_step_count=10, deadline=None),
     )
+
+
+def test_entries_read_from_redis_are_parsed_exactly_or_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from trio_hub.backends.redis import _parse_entry
+
+    exact = b'{"id":"a.1","identity":null,"info":{"big":123456789012345678901234567890}}'
+    entry = _parse_entry(exact)
+    assert entry == PresenceInfo("a.1", None, {"big": 123456789012345678901234567890})
+    assert _parse_entry(b'{"id":"a.2","identity":"x","info":[1.5]}') == PresenceInfo(
+        "a.2", "x", [1.5]
+    )
+    for garbage in (b"not json", b'{"id":3}', b"[]", b'{"id":"a","identity":7}'):
+        assert _parse_entry(garbage) is None
+    assert _parse_entry(None) is None
+    assert "no trio_hub wrote" in caplog.text

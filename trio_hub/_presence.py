@@ -22,7 +22,7 @@ The rules (see :doc:`/howto/presence`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, final, runtime_checkable
 
@@ -88,13 +88,13 @@ class PresenceInfo:
     @classmethod
     def _from_json(cls, value: JSONValue) -> PresenceInfo:
         # Raises ValueError: the value comes from another node or from Redis.
-        if not isinstance(value, Mapping) or not isinstance(value.get("id"), str):
-            raise ValueError(f"not a presence entry: {value!r}")  # noqa: TRY004
-        identity = value.get("identity")
-        if identity is not None and not isinstance(identity, str):
+        # Plain type checks: this runs once per entry of a presence read.
+        if type(value) is not dict:
             raise ValueError(f"not a presence entry: {value!r}")
-        client_id = value["id"]
-        assert isinstance(client_id, str)
+        client_id = value.get("id")
+        identity = value.get("identity")
+        if type(client_id) is not str or (identity is not None and type(identity) is not str):
+            raise ValueError(f"not a presence entry: {value!r}")
         return cls(client_id, identity, value.get("info"))
 
 
