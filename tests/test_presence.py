@@ -96,7 +96,10 @@ async def test_join_and_leave_reach_the_other_subscribers_of_that_topic_only() -
         assert test_hub.hub.statistics().presence_leaves == 1
 
 
-async def test_every_way_of_leaving_sends_a_leave() -> None:
+async def test_every_way_of_leaving_sends_a_leave(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Virtual time: the evicted client's close waits for close_timeout.
     async with open_test_hub(presence_events=True, queue_size=1) as test_hub:
         hub = test_hub.hub
         watcher = test_hub.connect(topics=["room"], wire_capacity=1000)
@@ -115,7 +118,10 @@ async def test_every_way_of_leaving_sends_a_leave() -> None:
         await test_hub.assert_present("room", None)
 
 
-async def test_a_join_that_evicts_the_last_other_subscriber_keeps_the_topic() -> None:
+async def test_a_join_that_evicts_the_last_other_subscriber_keeps_the_topic(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Virtual time: the evicted client's close waits for close_timeout.
     async with open_test_hub(presence_events=True, queue_size=1) as test_hub:
         hub = test_hub.hub
         slow = test_hub.connect(topics=["room"], wire_capacity=0)
@@ -129,7 +135,10 @@ async def test_a_join_that_evicts_the_last_other_subscriber_keeps_the_topic() ->
         await test_hub.assert_present("room", "new")
 
 
-async def test_a_leave_that_evicts_the_last_subscriber_removes_the_topic_once() -> None:
+async def test_a_leave_that_evicts_the_last_subscriber_removes_the_topic_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Virtual time: the evicted client's close waits for close_timeout.
     async with open_test_hub(presence_events=True, queue_size=1) as test_hub:
         hub = test_hub.hub
         leaving = test_hub.connect(identity="leaving", topics=["room"])
