@@ -591,7 +591,7 @@ def test_presence_across_three_processes_follows_the_model(
     ClusterPresence.cluster = presence_cluster
     run_state_machine_as_test(
         ClusterPresence,
-        settings=settings(max_examples=8, stateful_step_count=10, deadline=None),
+        settings=settings(max_examples=6, stateful_step_count=10, deadline=None),
     )
 
 
