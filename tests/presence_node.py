@@ -2,7 +2,8 @@
 
 Run from the repository's root: ``python -m tests.presence_node REDIS_URL PREFIX TTL``.
 It prints ``listening on ws://127.0.0.1:PORT/`` on stderr once it serves, and runs
-until it is terminated or killed. It is ``python -m trio_hub serve --presence
+until it is killed (a crash) or gets SIGTERM (a graceful stop: its clients leave,
+and its entries are removed from Redis at once). It is ``python -m trio_hub serve --presence
 --redis REDIS_URL`` plus one thing the tests need: a client's identity is the
 ``user`` query parameter of its URL (``ws://.../?user=c7``), so that presence
 entries name the test's clients.
@@ -11,6 +12,7 @@ entries name the test's clients.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from functools import partial
 
@@ -45,6 +47,11 @@ async def main(redis_url: str, prefix: str, ttl: float) -> None:
             partial(serve_hub, hub, "127.0.0.1", 0, authenticate=authenticate)
         )
         print(f"listening on {server.url}", file=sys.stderr, flush=True)
+        # SIGTERM: a graceful stop, which says goodbye (SIGKILL is the crash).
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        await server.aclose()
 
 
 if __name__ == "__main__":

@@ -289,6 +289,13 @@ class PresenceNodeProcess:
         assert self._process.stderr is not None
         self._process.stderr.close()
 
+    def stop(self) -> None:
+        """SIGTERM: the node closes its clients and says goodbye, then exits with 0."""
+        self._process.terminate()
+        assert self._process.wait(STARTUP_TIMEOUT) == 0
+        assert self._process.stderr is not None
+        self._process.stderr.close()
+
 
 @dataclass
 class PresenceCluster:
@@ -469,6 +476,24 @@ class ClusterPresence(RuleBasedStateMachine):
         self._settle(deadline=killed_at + PROCESS_TTL * 4 / 3 + KILL_MARGIN, unordered_from=marks)
 
     @rule(node=st.integers(0, NODES - 1))
+    def stop(self, node: int) -> None:
+        process = self.cluster.nodes[node]
+        if process is None or sum(n is not None for n in self.cluster.nodes) == 1:
+            return
+        gone = [client for client in self.clients.values() if client.node == node]
+        process.stop()
+        self.cluster.nodes[node] = None
+        for client in gone:
+            del self.clients[client.name]
+            client.connection.close_socket()
+        marks = {client.name: len(client.expected) for client in self.clients.values()}
+        for client in gone:
+            for name in sorted(client.topics):
+                self._announce("leave", name, client)
+        # Said goodbye: its clients' leaves went out as they were closed.
+        self._settle(unordered_from=marks)
+
+    @rule(node=st.integers(0, NODES - 1))
     def restart(self, node: int) -> None:
         if self.cluster.nodes[node] is None:
             self.cluster.start(node)
@@ -581,8 +606,20 @@ def test_a_killed_node_leaves_within_the_bound_and_a_restarted_one_rejoins(
         assert back
         machine.do_subscribe(back, "red")
         machine.presence_on_every_node_matches_the_model()
+        # A graceful stop says goodbye: its heartbeat is gone at once, not
+        # after presence_ttl, and its clients' leaves were sent as they left.
+        machine.stop(2)
+        assert trio.run(alive_nodes, presence_cluster) == 2
+        assert machine.clients[watcher].events[-1] == ("leave", machine.topic_names["red"], other)
+        machine.presence_on_every_node_matches_the_model()
     finally:
         machine.teardown()
+
+
+async def alive_nodes(cluster: PresenceCluster) -> int:
+    async with coredis.Redis.from_url(cluster.redis.url) as redis:
+        keys = await redis.keys(f"{cluster.prefix}:presence:alive:*")
+    return len(keys)
 
 
 def test_presence_across_three_processes_follows_the_model(
