@@ -33,25 +33,26 @@ async def authenticate(request: HandshakeRequest) -> str:
 async def main(redis_url: str, prefix: str, ttl: float) -> None:
     """Serve until cancelled."""
     backend = RedisBackend(redis_url, prefix=prefix, presence_ttl=ttl)
-    async with (
-        open_hub(
-            backend=backend,
-            presence_events=True,
-            on_message=protocol_handler,
-            queue_size=100_000,
-            ping_interval=None,
-        ) as hub,
-        trio.open_nursery() as nursery,
-    ):
-        server = await nursery.start(
-            partial(serve_hub, hub, "127.0.0.1", 0, authenticate=authenticate)
-        )
-        print(f"listening on {server.url}", file=sys.stderr, flush=True)
-        # SIGTERM: a graceful stop, which says goodbye (SIGKILL is the crash).
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+    # SIGTERM: a graceful stop, which says goodbye (SIGKILL is the crash).
+    # Installed before anything listens, so that no SIGTERM can find it missing.
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with (
+            open_hub(
+                backend=backend,
+                presence_events=True,
+                on_message=protocol_handler,
+                queue_size=100_000,
+                ping_interval=None,
+            ) as hub,
+            trio.open_nursery() as nursery,
+        ):
+            server = await nursery.start(
+                partial(serve_hub, hub, "127.0.0.1", 0, authenticate=authenticate)
+            )
+            print(f"listening on {server.url}", file=sys.stderr, flush=True)
             async for _ in signals:
                 break
-        await server.aclose()
+            await server.aclose()
 
 
 if __name__ == "__main__":
