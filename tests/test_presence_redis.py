@@ -44,6 +44,8 @@ from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, TestHub
 
 from .redis_server import REPO_ROOT, STARTUP_TIMEOUT, RedisServer, wait_for_line
+from .test_cli import client as cli_client
+from .test_cli import receive, request, running_server
 from .test_redis import LIMIT, eventually, wait_for_state
 
 TTL = 1.0  # seconds: presence_ttl for these tests, short so that expiry is quick
@@ -647,3 +649,34 @@ def test_entries_read_from_redis_are_parsed_exactly_or_dropped(
         assert _parse_entry(garbage) is None
     assert _parse_entry(None) is None
     assert "no trio_hub wrote" in caplog.text
+
+
+async def test_the_cli_shares_presence_over_redis_and_announces_a_killed_node(
+    redis_server: RedisServer,
+) -> None:
+    flags = ("--redis", redis_server.url, "--presence", "--redis-presence-ttl", str(TTL))
+    with trio.fail_after(LIMIT):
+        async with (
+            running_server(*flags) as node_a,
+            running_server(*flags) as node_b,
+            cli_client(node_a.port) as alice,
+        ):
+            await request(alice, "subscribe", {"topic": "room"})
+            assert (await receive(alice))["type"] == "subscribed"
+            async with cli_client(node_b.port) as bob:
+                await request(bob, "subscribe", {"topic": "room"})
+                assert (await receive(bob))["type"] == "subscribed"
+                join = await receive(alice)
+                assert join["type"] == "join"
+                assert join["payload"]["client"]["id"].count(".") == 1  # node-qualified
+                await request(bob, "presence", {"topic": "room"})
+                reply = await receive(bob)
+                assert len(reply["payload"]["clients"]) == 2
+                node_b.process.kill()
+                killed_at = trio.current_time()
+                leave = await receive(alice)
+                assert leave == {"type": "leave", "payload": join["payload"]}
+                # The documented bound, with a margin for a loaded machine.
+                assert trio.current_time() - killed_at < TTL * 4 / 3 + 2.0
+            await request(alice, "presence", {"topic": "room"})
+            assert len((await receive(alice))["payload"]["clients"]) == 1
