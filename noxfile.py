@@ -1,9 +1,16 @@
 """Automation for trio_hub: `nox` runs the tests, the linter and the type checker.
 
 Modelled on urllib3's noxfile: one shared install helper, separate sessions.
+Sessions that need Debian packages (redis-server, chromium) ask for them with
+`require_system_packages()`, which installs what is missing when it can (root
+and apt-get) and otherwise stops the session at once, naming what to install.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
 
 import nox
 
@@ -23,9 +30,70 @@ def install_groups(session: nox.Session, *groups: str, editable: bool = True) ->
     session.install(*project, *requirements)
 
 
+# A Debian package counts as installed if dpkg says so, or, where there is no
+# dpkg, if the command that the tests run from it is on the PATH.
+PACKAGE_COMMANDS: dict[str, str] = {
+    "redis-server": "redis-server",  # tests/redis_server.py, bench/scaleout.py
+    "chromium": "chromium",  # tests/test_browser.py drives /usr/bin/chromium
+    "golang-go": "go",
+}
+_apt_updated = False
+
+
+def _installed(package: str) -> bool:
+    if shutil.which("dpkg-query"):
+        status = subprocess.run(
+            ["dpkg-query", "--show", "--showformat=${Status}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if status.returncode == 0 and status.stdout.endswith(" installed"):
+            return True
+    command = PACKAGE_COMMANDS.get(package)
+    return command is not None and shutil.which(command) is not None
+
+
+def require_system_packages(session: nox.Session, *packages: str) -> None:
+    """Make sure these Debian packages are installed, before the session needs them.
+
+    What is missing is installed with apt-get when we are root and apt-get is
+    there (`apt-get update` once per nox run). Otherwise, or if apt-get fails
+    (no network), the session stops now with one message naming what to
+    install, instead of failing later deep inside a test.
+    """
+    global _apt_updated
+    missing = [package for package in packages if not _installed(package)]
+    if not missing:
+        return
+    command = f"apt-get install -y --no-install-recommends {' '.join(missing)}"
+    can_install = shutil.which("apt-get") is not None and os.geteuid() == 0
+    if not can_install:
+        session.error(
+            f"this session needs Debian packages that are not installed: "
+            f"{', '.join(missing)}. Install them (as root: {command}), then run nox again"
+        )
+    session.log(f"installing the Debian packages {', '.join(missing)}")
+    environment = {"DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        if not _apt_updated:
+            session.run("apt-get", "update", "-qq", external=True, env=environment)
+            _apt_updated = True
+        session.run(*command.split(), "-qq", external=True, env=environment)
+    except nox.command.CommandFailed:
+        session.error(
+            f"could not install {', '.join(missing)} with apt-get (see its output above; "
+            f"no network?); install them yourself ({command}) and run nox again"
+        )
+    still_missing = [package for package in missing if not _installed(package)]
+    if still_missing:
+        session.error(f"apt-get ran, but {', '.join(still_missing)} is still missing")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (pass extra pytest arguments after --)."""
+    require_system_packages(session, "redis-server", "chromium")
     install_groups(session, "test")
     session.run("pytest", *session.posargs)
 
@@ -47,6 +115,15 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
+    """Run the fan-out and scale-out benchmarks; `nox -s bench -- --quick` is CI's smoke test.
+
+    `--quick` runs the closed and the open loop briefly against every peer, the Go
+    gorilla Hub/Client included (built from Debian packages, installed here if missing).
+    """
+    # redis-server: bench/scaleout.py; Go and gorilla: the Go peers (GOPATH mode).
+    require_system_packages(
+        session, "redis-server", "golang-go", "golang-github-gorilla-websocket-dev"
+    )
     """Run the fan-out, scale-out and presence benchmarks; `-- --quick` is CI's smoke test."""
     install_groups(session, "bench", editable=False)
     session.install(".[redis]")  # bench/scaleout.py runs nodes on Redis (needs redis-server)

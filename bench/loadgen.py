@@ -46,6 +46,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import resource
 import socket
 import sys
@@ -258,7 +259,7 @@ class Fanout:
 class _Connection(asyncio.Protocol):
     """Shared handshake and frame walking; subclasses decide what to do with frames."""
 
-    def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
+    def __init__(self, fanout: Fanout | OpenTracker, request: bytes, accept: bytes) -> None:
         self.fanout = fanout
         self.request = request
         self.accept = accept
@@ -365,6 +366,8 @@ class _Connection(asyncio.Protocol):
 class Receiver(_Connection):
     """A client that only counts frames and checks their sequence tokens."""
 
+    fanout: Fanout
+
     def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
         """Set up one receiver.
 
@@ -394,6 +397,8 @@ class Receiver(_Connection):
 
 class Sender(_Connection):
     """The client that publishes; it decodes its (few) frames fully."""
+
+    fanout: Fanout
 
     def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
         """Set up the sender.
@@ -504,6 +509,10 @@ class Options:
     seconds: float
     connect_concurrency: int
     timeout: float
+    load: str
+    senders: int
+    warmup_seconds: float
+    late_ms: float
 
 
 async def _open(
@@ -698,6 +707,444 @@ async def run(options: Options) -> LoadgenResult:
     }
 
 
+# --- Open loop ------------------------------------------------------------------------
+#
+# The closed loop above never lets a backlog build: it waits for every receiver before
+# the next batch. Real publishers do not wait for subscribers, so the open loop has
+# ``--senders`` publishers (4, as websocket-shootout), each sending its next broadcast
+# as soon as its own ``broadcastResult`` arrives, whatever the receivers have got. The
+# server's intake is then paced only by how fast it answers the senders.
+
+_OPEN_MARK: Final = b"~S"  # then 9 digits: the message id, unique over the run
+_OPEN_ID_DIGITS: Final = 9
+_LAG_BUCKETS_MS: Final = 120_000  # 1 ms buckets; beyond 2 minutes they share the last
+_RESULT_PROBE: Final = b"broadcastResult"
+_LISTENER_COUNT = re.compile(rb'"listenerCount"\s*:\s*(\d+)')
+
+
+class PercentilesMs(TypedDict):
+    """A distribution in milliseconds (nearest rank)."""
+
+    samples: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class OpenLoopResult(TypedDict):
+    """Everything one open-loop run reports (its stdout, as JSON)."""
+
+    load: str
+    clients: int
+    senders: int
+    listener_count: int
+    frame_bytes: int
+    messages: int
+    deliveries: int
+    window_s: float
+    connect_s: float
+    deliveries_per_s: float
+    broadcasts_per_s: float
+    round_trip: PercentilesMs
+    delivery_lag: PercentilesMs
+    delivered_after_result_fraction: float
+    client_max_lag: PercentilesMs
+    sender_copy_lag: PercentilesMs
+    late_ms: float
+    missing_after_late_ms: int
+    expected_after_late_ms: int
+    drain_s: float
+    server_cpu: CpuStats
+    server_us_per_delivery: float
+    server_user_us_per_delivery: float
+    server_system_us_per_delivery: float
+    loadgen_cpu: CpuStats
+    cores: list[CoreStats]
+    memory: MemoryStats
+    rss_peak_bytes: int
+    errors: int
+    event_loop: str
+    loadgen_cpus: list[int]
+    server_cpus: list[int]
+
+
+def _percentiles(sorted_values: list[float]) -> PercentilesMs:
+    if not sorted_values:
+        return {"samples": 0, "p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    return {
+        "samples": len(sorted_values),
+        "p50_ms": _nearest_rank(sorted_values, 0.5),
+        "p95_ms": _nearest_rank(sorted_values, 0.95),
+        "p99_ms": _nearest_rank(sorted_values, 0.99),
+        "max_ms": sorted_values[-1],
+    }
+
+
+class OpenTracker:
+    """Shared state of an open-loop run: per message id, when it was sent and answered.
+
+    Message ids are ``k * senders + s`` for sender ``s``'s ``k``-th broadcast, so each
+    receiver checks per sender that ids come in steps of ``senders``: loss, duplicates
+    and reordering within one sender's stream fail the run (the order *between*
+    senders is the server's to choose). Delivery lag is kept as a histogram of 1 ms
+    buckets, so recording one delivery is an index and an add.
+    """
+
+    def __init__(self, senders: int) -> None:
+        """Prepare for ``senders`` publishers.
+
+        Args:
+            senders: Number of sender connections.
+        """
+        self.senders = senders
+        self.send_ns: list[int] = []
+        self.result_ns: list[int] = []
+        self.measured = bytearray()  # 1: sent inside the measured window
+        # Bucket 0: delivered at or before the sender had its result; bucket i: lag in
+        # [i - 1, i) ms after it (ceil), so the percentiles never flatter a server.
+        self.lag_hist = [0] * (_LAG_BUCKETS_MS + 2)
+        self.lag_max_ns = 0
+        self.round_trips_ns: list[int] = []
+        self.listener_counts: set[int] = set()
+        self.frame_bytes = 0
+        self.measuring = False
+        self.stopping = False
+        self.outstanding = 0
+        self.last_result_ns = 0
+        self.settled: asyncio.Future[None] | None = None
+        self.errors = 0
+        self.first_error = ""
+
+    def error(self, detail: str) -> None:
+        """Count a protocol violation; keep the first one for the report.
+
+        Args:
+            detail: What went wrong.
+        """
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = detail
+
+    def fail(self, exc: Exception) -> None:
+        """Abort the run.
+
+        Args:
+            exc: Why.
+        """
+        if self.settled is not None and not self.settled.done():
+            self.settled.set_exception(exc)
+
+    def grow(self, message_id: int) -> None:
+        """Make room in the per-message arrays for ``message_id``.
+
+        Args:
+            message_id: The id about to be sent.
+        """
+        while message_id >= len(self.send_ns):
+            more = max(65_536, len(self.send_ns))
+            self.send_ns.extend([0] * more)
+            self.result_ns.extend([0] * more)
+            self.measured.extend(bytes(more))
+
+
+class OpenReceiver(_Connection):
+    """Receives broadcasts; timestamps each read once and checks per-sender order."""
+
+    def __init__(self, tracker: OpenTracker, request: bytes, accept: bytes) -> None:
+        """Set up one receiver.
+
+        Args:
+            tracker: The shared state.
+            request: The HTTP upgrade request to send.
+            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
+        """
+        super().__init__(tracker, request, accept)
+        self.tracker = tracker
+        self.count = 0
+        self.next_ids = list(range(tracker.senders))
+        self.now_ns = 0
+        self.max_lag_ns = 0
+
+    def data_received(self, data: bytes) -> None:
+        # One clock read per read(), not per frame: the frames of one read arrived together.
+        self.now_ns = time.perf_counter_ns()
+        super().data_received(data)
+
+    def message(self, buf: bytes | bytearray, start: int, end: int, opcode: int) -> None:
+        tracker = self.tracker
+        mark = buf.find(_OPEN_MARK, start, end)
+        if opcode != _OP_TEXT or mark < 0:
+            tracker.error(f"receiver got a frame without a message id: {buf[start:end]!r}")
+            return
+        message_id = int(buf[mark + 2 : mark + 2 + _OPEN_ID_DIGITS])
+        sender = message_id % tracker.senders
+        if message_id != self.next_ids[sender]:
+            tracker.error(
+                f"receiver expected message {self.next_ids[sender]} from sender {sender}, "
+                f"got {message_id}"
+            )
+            return
+        self.next_ids[sender] = message_id + tracker.senders
+        self.count += 1
+        if tracker.measured[message_id]:
+            result_ns = tracker.result_ns[message_id]
+            if result_ns:
+                lag_ns = self.now_ns - result_ns
+                if lag_ns > 0:
+                    if lag_ns > self.max_lag_ns:
+                        self.max_lag_ns = lag_ns
+                    bucket = -(-lag_ns // 1_000_000)
+                    tracker.lag_hist[bucket if bucket <= _LAG_BUCKETS_MS else -1] += 1
+                    return
+            tracker.lag_hist[0] += 1
+
+
+class OpenSender(OpenReceiver):
+    """A publisher: it also receives every broadcast, and sends again on its result."""
+
+    def __init__(self, tracker: OpenTracker, request: bytes, accept: bytes) -> None:
+        """Set up one sender.
+
+        Args:
+            tracker: The shared state.
+            request: The HTTP upgrade request to send.
+            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
+        """
+        super().__init__(tracker, request, accept)
+        self.index = 0
+        self.waiting_for = -1
+        self.pad = ""
+
+    def publish(self, message_id: int) -> None:
+        """Send broadcast ``message_id`` and note when.
+
+        Args:
+            message_id: Its id (``k * senders + self.index``).
+        """
+        tracker = self.tracker
+        tracker.grow(message_id)
+        text = f'{{"type":"broadcast","payload":{{"seq":"~S{message_id:09d}","pad":"{self.pad}"}}}}'
+        frame = mask_frame(_OP_TEXT, text.encode())
+        self.waiting_for = message_id
+        tracker.outstanding += 1
+        if tracker.measuring:
+            tracker.measured[message_id] = 1
+        tracker.send_ns[message_id] = time.perf_counter_ns()
+        self.send(frame)
+
+    def message(self, buf: bytes | bytearray, start: int, end: int, opcode: int) -> None:
+        if buf.find(_RESULT_PROBE, start, min(end, start + 40)) < 0:
+            self.tracker.frame_bytes = end - start
+            super().message(buf, start, end, opcode)
+            return
+        tracker = self.tracker
+        now = time.perf_counter_ns()
+        mark = buf.find(_OPEN_MARK, start, end)
+        count = _LISTENER_COUNT.search(bytes(buf[start:end]))
+        message_id = int(buf[mark + 2 : mark + 2 + _OPEN_ID_DIGITS]) if mark >= 0 else -1
+        if message_id != self.waiting_for or count is None:
+            tracker.error(f"sender {self.index} got an unexpected result {buf[start:end]!r}")
+            return
+        tracker.listener_counts.add(int(count[1]))
+        tracker.result_ns[message_id] = now
+        tracker.last_result_ns = now
+        tracker.outstanding -= 1
+        self.waiting_for = -1
+        if tracker.measured[message_id]:
+            tracker.round_trips_ns.append(now - tracker.send_ns[message_id])
+        if not tracker.stopping:
+            self.publish(message_id + tracker.senders)
+        elif (
+            tracker.outstanding == 0 and tracker.settled is not None and not tracker.settled.done()
+        ):
+            tracker.settled.set_result(None)
+
+
+def _lag_percentiles(hist: list[int], max_ns: int) -> PercentilesMs:
+    total = sum(hist)
+    if not total:
+        return _percentiles([])
+    result: dict[str, float] = {}
+    for name, fraction in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+        rank = max(1, -(-int(total * fraction * 1000) // 1000))
+        seen = 0
+        for bucket, count in enumerate(hist):
+            seen += count
+            if seen >= rank:
+                result[name] = float(bucket)
+                break
+    return {
+        "samples": total,
+        "p50_ms": result["p50_ms"],
+        "p95_ms": result["p95_ms"],
+        "p99_ms": result["p99_ms"],
+        "max_ms": max_ns / 1e6,
+    }
+
+
+async def run_open(options: Options) -> OpenLoopResult:
+    """Connect, run the open loop (warm-up, measured window), drain, disconnect.
+
+    Args:
+        options: What to run.
+
+    Returns:
+        The measurements.
+
+    Raises:
+        LoadgenError: The server broke the protocol or did not answer in time.
+    """
+    loop = asyncio.get_running_loop()
+    server = psutil.Process(options.server_pid)
+    me = psutil.Process()
+    tracker = OpenTracker(options.senders)
+    senders: list[OpenSender] = []
+    receivers: list[OpenReceiver] = []
+    template = '{"type":"broadcast","payload":{"seq":"~S000000000","pad":""}}'
+    pad = "x" * max(0, options.message_bytes - len(template))
+
+    def listeners() -> list[OpenReceiver]:
+        return [*senders, *receivers]
+
+    try:
+        for index in range(options.senders):
+            sender = await _open(loop, options, OpenSender, tracker)  # type: ignore[arg-type]
+            assert isinstance(sender, OpenSender)
+            sender.index, sender.pad = index, pad
+            senders.append(sender)
+        rss_before = await _settled_rss(server)
+        connect_started = time.perf_counter()
+        gate = asyncio.Semaphore(options.connect_concurrency)
+
+        async def open_receiver() -> None:
+            async with gate:
+                receiver = await _open(loop, options, OpenReceiver, tracker)  # type: ignore[arg-type]
+                assert isinstance(receiver, OpenReceiver)
+                receivers.append(receiver)
+
+        async with asyncio.timeout(options.timeout + options.clients / 50):
+            await asyncio.gather(*(open_receiver() for _ in range(options.clients)))
+        connect_s = time.perf_counter() - connect_started
+        rss_idle = await _settled_rss(server)
+
+        rss_peak = rss_idle
+
+        async def sample_rss() -> None:
+            nonlocal rss_peak
+            while True:
+                rss_peak = max(rss_peak, server.memory_info().rss)
+                await asyncio.sleep(0.2)
+
+        sampler = asyncio.ensure_future(sample_rss())
+        tracker.settled = loop.create_future()
+        for sender in senders:
+            sender.publish(sender.index)
+        # The waits below are wall-clock phases of a benchmark, not synchronisation;
+        # a protocol error or early close ends them at once through tracker.settled.
+        await asyncio.wait({tracker.settled}, timeout=options.warmup_seconds)
+        tracker.measuring = True
+        delivered_before = sum(listener.count for listener in listeners())
+        window_start = time.perf_counter()
+        server_before, me_before = _times(server), _times(me)
+        cores_before = _core_times()
+        await asyncio.wait({tracker.settled}, timeout=options.seconds)
+        tracker.measuring = False
+        tracker.stopping = True
+        window_s = time.perf_counter() - window_start
+        server_after, me_after = _times(server), _times(me)
+        cores_after = _core_times()
+        delivered_in_window = sum(listener.count for listener in listeners()) - delivered_before
+        rss_after = server.memory_info().rss
+        try:
+            await asyncio.wait_for(asyncio.shield(tracker.settled), options.timeout)
+        except TimeoutError:
+            raise LoadgenError(
+                f"{tracker.outstanding} broadcastResults missing {options.timeout} s "
+                "after the window"
+            ) from None
+        # Every broadcast is answered: each listener must get them all. Count how many
+        # deliveries are still missing --late-ms after the last result...
+        total_messages = len(tracker.result_ns) - tracker.result_ns.count(0)
+        late_at = tracker.last_result_ns / 1e9 + options.late_ms / 1e3
+        await asyncio.sleep(max(0.0, late_at - time.perf_counter()))
+        expected = total_messages * len(listeners())
+        missing_late = expected - sum(listener.count for listener in listeners())
+        # ...then wait (bounded) for the rest: late is not lost, but lost fails the run.
+        drain_started = time.perf_counter()
+        while sum(listener.count for listener in listeners()) < expected:
+            if tracker.errors or time.perf_counter() - drain_started > options.timeout:
+                break
+            await asyncio.sleep(0.05)
+        drain_s = time.perf_counter() - drain_started
+        still_missing = expected - sum(listener.count for listener in listeners())
+        sampler.cancel()
+    finally:
+        for connection in listeners():
+            connection.close()
+
+    if tracker.errors:
+        raise LoadgenError(f"{tracker.errors} protocol errors, first: {tracker.first_error}")
+    if still_missing:
+        raise LoadgenError(f"{still_missing} deliveries lost ({options.timeout} s after the end)")
+    listener_count = options.clients + options.senders
+    if tracker.listener_counts != {listener_count}:
+        raise LoadgenError(
+            f"broadcastResult listenerCount was {sorted(tracker.listener_counts)}, "
+            f"expected {listener_count}"
+        )
+    server_cpu = _cpu(server_before, server_after, window_s)
+    messages = sum(tracker.measured)
+    round_trips = sorted(value / 1e6 for value in tracker.round_trips_ns)
+    lag = _lag_percentiles(tracker.lag_hist, max(r.max_lag_ns for r in listeners()))
+    after_result = sum(tracker.lag_hist[1:])
+    deliveries = max(1, delivered_in_window)
+    return {
+        "load": "open",
+        "clients": options.clients,
+        "senders": options.senders,
+        "listener_count": listener_count,
+        "frame_bytes": tracker.frame_bytes,
+        "messages": messages,
+        "deliveries": delivered_in_window,
+        "window_s": window_s,
+        "connect_s": connect_s,
+        "deliveries_per_s": delivered_in_window / window_s,
+        "broadcasts_per_s": len(round_trips) / window_s,
+        "round_trip": _percentiles(round_trips),
+        "delivery_lag": lag,
+        "delivered_after_result_fraction": after_result / lag["samples"] if lag["samples"] else 0,
+        "client_max_lag": _percentiles(sorted(r.max_lag_ns / 1e6 for r in receivers)),
+        "sender_copy_lag": _percentiles(sorted(s.max_lag_ns / 1e6 for s in senders)),
+        "late_ms": options.late_ms,
+        "missing_after_late_ms": missing_late,
+        "expected_after_late_ms": expected,
+        "drain_s": drain_s,
+        "server_cpu": server_cpu,
+        "server_us_per_delivery": 1e6
+        * (server_cpu["user_s"] + server_cpu["system_s"])
+        / deliveries,
+        "server_user_us_per_delivery": 1e6 * server_cpu["user_s"] / deliveries,
+        "server_system_us_per_delivery": 1e6 * server_cpu["system_s"] / deliveries,
+        "loadgen_cpu": _cpu(me_before, me_after, window_s),
+        "cores": [
+            _core(cpu, before, after)
+            for cpu, (before, after) in enumerate(zip(cores_before, cores_after, strict=True))
+        ],
+        "memory": {
+            "rss_before_bytes": rss_before,
+            "rss_idle_bytes": rss_idle,
+            "rss_after_broadcast_bytes": rss_after,
+            "bytes_per_idle_connection": (rss_idle - rss_before) / options.clients,
+        },
+        "rss_peak_bytes": rss_peak,
+        "errors": tracker.errors,
+        "event_loop": type(loop).__module__.split(".")[0],
+        "loadgen_cpus": sorted(os.sched_getaffinity(0)),
+        "server_cpus": sorted(os.sched_getaffinity(options.server_pid)),
+    }
+
+
 def raise_open_files_limit() -> None:
     """Lift the soft ``RLIMIT_NOFILE`` to the hard limit: 5,000 clients need the fds."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -733,6 +1180,23 @@ def _parse(argv: list[str] | None) -> Options:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured window target")
     parser.add_argument("--connect-concurrency", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=30.0, help="per batch, seconds")
+    parser.add_argument(
+        "--load",
+        choices=("closed", "open"),
+        default="closed",
+        help="closed: batches, wait for every receiver (default); open: senders send "
+        "again on their own broadcastResult",
+    )
+    parser.add_argument("--senders", type=int, default=4, help="open loop: publishers")
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=2.0, help="open loop: before the window"
+    )
+    parser.add_argument(
+        "--late-ms",
+        type=float,
+        default=250.0,
+        help="open loop: count deliveries still missing this long after the last result",
+    )
     args = parser.parse_args(argv)
     return Options(**vars(args))
 
@@ -755,7 +1219,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = uvloop.run
     try:
-        result = runner(run(options))
+        result: LoadgenResult | OpenLoopResult = (
+            runner(run_open(options)) if options.load == "open" else runner(run(options))
+        )
     except (LoadgenError, OSError) as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 1

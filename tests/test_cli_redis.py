@@ -209,9 +209,12 @@ async def test_exits_with_one_error_line_when_redis_is_unreachable() -> None:
     assert LOG_LINE.match(lines[0]), lines[0]
     assert " ERROR trio_hub.cli: cannot start: " in lines[0]
     assert f"Redis at 127.0.0.1:{port} is unreachable (gave up after 1 s)" in lines[0]
-    # It gave up after the timeout asked for, not the default's 5 s (plus the
-    # interpreter's start, which is slow on a busy machine).
-    assert 1.0 <= elapsed < REDIS_START_TIMEOUT + 1.0
+    # It waited for the timeout asked for: the message says the backend got
+    # 1 s, not the default (REDIS_START_TIMEOUT), and tests/test_redis.py shows that the
+    # backend gives up at its start_timeout. No upper bound on the wall time:
+    # it includes the interpreter's start, which took 5.8 s on a starved
+    # machine, and timed assertions belong in bench/.
+    assert elapsed >= 1.0
 
 
 async def test_a_malformed_redis_url_is_a_usage_error() -> None:

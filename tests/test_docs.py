@@ -29,7 +29,13 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 EXAMPLES = DOCS / "examples"
 
 # Modules whose ``__all__`` the reference page must list, name for name.
-PUBLIC_MODULES = ("trio_hub", "trio_hub.testing", "trio_hub.backends", "trio_hub.backends.redis")
+PUBLIC_MODULES = (
+    "trio_hub",
+    "trio_hub.testing",
+    "trio_hub.asgi",
+    "trio_hub.backends",
+    "trio_hub.backends.redis",
+)
 
 # Examples that are servers: they run until SIGINT or SIGTERM, so they have their
 # own test below instead of a ``.out`` file.
@@ -37,6 +43,8 @@ SERVERS = {"chat_server.py"}
 
 # Examples that are not scripts, and the test module that runs them.
 TESTED_ELSEWHERE = {
+    "quart_trio_app.py": "tests/test_asgi.py",
+    "plain_asgi_app.py": "tests/test_asgi.py",
     "chat_app.py": "tests/test_plugin.py",
     "test_chat_app.py": "tests/test_plugin.py",
     "redis_node.py": "tests/test_cli_redis.py",

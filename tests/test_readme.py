@@ -29,3 +29,12 @@ def test_the_readme_example_runs() -> None:
         'bob got {"type":"hello","payload":"everyone"}',
         'bob got {"type":"headline","payload":"trio_hub ships"}',
     ]
+
+
+def test_ci_runs_the_readmes_test_command_as_written() -> None:
+    # A new user runs the README's commands and nothing else, so CI does too.
+    commands = re.findall(r"^    (python3 -m .*)$", README.read_text(), flags=re.MULTILINE)
+    assert len(commands) == 2, commands  # set up and serve; set up and test
+    (test_command,) = [command for command in commands if "nox" in command]
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci

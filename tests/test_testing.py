@@ -380,6 +380,63 @@ def test_recording_broadcaster_failures_show_what_was_sent() -> None:
         recorder.assert_sent_exactly(SentMessage(None, Message("a", 1)))
 
 
+def test_the_assertions_take_a_message_as_a_newcomer_writes_it() -> None:
+    recorder = RecordingBroadcaster()
+    recorder.broadcast(Message("announcement", "up"))
+    recorder.publish("news", Message("headline", {"id": 7}))
+    recorder.assert_broadcast(Message("announcement", "up"))
+    recorder.assert_published("news", Message("headline", {"id": 7}))
+    recorder.assert_sent_exactly(
+        Message("announcement", "up"), SentMessage("news", Message("headline", {"id": 7}))
+    )
+    # A Message that was not sent fails as its type-and-payload twin does.
+    with pytest.raises(
+        AssertionError, match=re.escape("a broadcast of Message('announcement', 'down')")
+    ):
+        recorder.assert_broadcast(Message("announcement", "down"))
+    with pytest.raises(
+        AssertionError, match=re.escape("Message('headline', {'id': 8}) published on 'news'")
+    ):
+        recorder.assert_published("news", Message("headline", {"id": 8}))
+    with pytest.raises(
+        AssertionError, match=re.escape("2. broadcast Message('headline', {'id': 7})\nsent were")
+    ):
+        recorder.assert_sent_exactly(Message("announcement", "up"), Message("headline", {"id": 7}))
+
+
+def test_the_assertions_refuse_a_mixed_call_and_show_the_right_one() -> None:
+    recorder = RecordingBroadcaster()
+    recorder.broadcast(Message("announcement", "up"))
+    right = (
+        "assert_broadcast(Message('announcement', 'up')) or assert_broadcast('announcement', 'up')"
+    )
+    with pytest.raises(TypeError, match=re.escape(right)):
+        recorder.assert_broadcast(Message("announcement", "up"), "up")
+    with pytest.raises(TypeError, match=re.escape("assert_published('news', Message('a', 1))")):
+        recorder.assert_published("news", Message("a", 1), 1)
+    with pytest.raises(
+        TypeError, match=re.escape("assert_broadcast(Message('announcement', 'up'))")
+    ):
+        recorder.assert_broadcast({"type": "announcement"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"SentMessage\(topic, message\)"):
+        recorder.assert_sent_exactly(("news", Message("a")))  # type: ignore[arg-type]
+
+
+async def test_expect_takes_a_message_too() -> None:
+    with trio.fail_after(5):
+        async with open_test_hub() as test_hub:
+            client = test_hub.connect()
+            test_hub.hub.broadcast(Message("price", {"eur": 3}))
+            test_hub.hub.broadcast(Message("price", {"eur": 4}))
+            assert await client.expect(Message("price", {"eur": 3})) == Message("price", {"eur": 3})
+            with pytest.raises(
+                AssertionError, match=re.escape("expected: Message('price', {'eur': 5})")
+            ):
+                await client.expect(Message("price", {"eur": 5}))
+            with pytest.raises(TypeError, match=re.escape("expect(Message('price', 1))")):
+                await client.expect(Message("price", 1), 1)
+
+
 def test_recording_broadcaster_rejects_what_a_hub_rejects() -> None:
     recorder = RecordingBroadcaster()
     with pytest.raises(TypeError, match=r"expected a trio_hub\.Message, got dict"):

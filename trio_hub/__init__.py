@@ -5,6 +5,10 @@ Open a hub with :func:`open_hub`, register trio-websocket connections with
 :meth:`Hub.publish`. Every public name is re-exported here.
 """
 
+from ._auth import Grant as Grant
+from ._auth import InvalidTokenError as InvalidTokenError
+from ._auth import JWTAuthenticator as JWTAuthenticator
+from ._auth import token_of as token_of
 from ._client import Client as Client
 from ._closecodes import CloseCode as CloseCode
 from ._config import MessageHandler as MessageHandler
@@ -51,6 +55,7 @@ __all__ = [
     "Client",
     "ClientStatistics",
     "CloseCode",
+    "Grant",
     "HandshakeRejection",
     "HandshakeRequest",
     "Hub",
@@ -60,7 +65,9 @@ __all__ = [
     "HubStatistics",
     "InvalidEnvelopeError",
     "InvalidJSONError",
+    "InvalidTokenError",
     "JSONValue",
+    "JWTAuthenticator",
     "Message",
     "MessageDecodeError",
     "MessageEncodeError",
@@ -75,4 +82,5 @@ __all__ = [
     "open_hub",
     "protocol_handler",
     "serve_hub",
+    "token_of",
 ]

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import trio
 
+from ._auth import Grant, JWTAuthenticator
+from ._http import serve_metrics
 from ._hub import open_hub
 from ._policy import SlowClientPolicy
 from ._protocol import protocol_handler
@@ -37,6 +39,8 @@ __all__ = ["main"]
 logger: Final = logging.getLogger("trio_hub.cli")
 
 AUTH_TOKEN_ENV: Final = "TRIO_HUB_AUTH_TOKEN"
+API_KEY_ENV: Final = "TRIO_HUB_API_KEY"
+JWT_SECRET_ENV: Final = "TRIO_HUB_JWT_SECRET"
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # The same defaults as RedisBackend's, spelled out here for --help.
 REDIS_PREFIX: Final = "trio_hub"
@@ -53,10 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 after a graceful shutdown, 1 if the server could not start.
     """
-    options = _parser().parse_args(argv)
+    parser = _parser()
+    options = parser.parse_args(argv)
+    # Secrets from the environment are read here, not as the options' defaults,
+    # so that --help never shows them.
     if options.auth_token is None:
-        # Read here, not as the option's default, so that --help never shows it.
         options.auth_token = os.environ.get(AUTH_TOKEN_ENV) or None
+    if options.api_key is None:
+        options.api_key = os.environ.get(API_KEY_ENV) or None
+    if options.jwt_secret is None and options.jwt_public_key is None:
+        options.jwt_secret = os.environ.get(JWT_SECRET_ENV) or None
+    _check_combinations(parser, options)
     _configure_logging(options.log_level)
     try:
         return trio.run(_serve, options)
@@ -184,6 +195,74 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
 
+    api = serve.add_argument_group(
+        "HTTP API and metrics",
+        "Plain HTTP requests on the same port: POST /api/publish, POST /api/broadcast "
+        "and GET /api/stats for your backend (with --api-key), GET /metrics for Prometheus.",
+    )
+    api.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=(
+            "enable the HTTP API, for requests with 'Authorization: Bearer KEY'; others get "
+            f"HTTP 401. Prefer the {API_KEY_ENV} environment variable "
+            f"(default: ${API_KEY_ENV} if set, else none: the API answers 404)"
+        ),
+    )
+    api.add_argument(
+        "--metrics",
+        choices=("open", "key", "off"),
+        default="open",
+        help=(
+            "GET /metrics in the Prometheus text format: to anyone (open), only with the "
+            "API key (key), or not at all (off)"
+        ),
+    )
+    api.add_argument(
+        "--metrics-address",
+        type=_address,
+        default=None,
+        metavar="HOST:PORT",
+        help=(
+            "serve GET /metrics on this address instead, to anyone (say, an internal "
+            "interface); the main port then serves none; port 0 picks a free one "
+            "(default: none: on the main port, as --metrics says)"
+        ),
+    )
+
+    permissions = serve.add_argument_group("permissions")
+    permissions.add_argument(
+        "--client-publish",
+        choices=("all", "none"),
+        default=None,
+        help=(
+            "whether WebSocket clients may broadcast and publish; 'none' answers them with "
+            "an error of code 'forbidden' "
+            "(default: none with --api-key or a JWT option, else all)"
+        ),
+    )
+    permissions.add_argument(
+        "--jwt-secret",
+        default=None,
+        metavar="SECRET",
+        help=(
+            "require a JWT signed with this HS256 secret from every WebSocket client, as "
+            "'Authorization: Bearer TOKEN' or '?token=TOKEN', or refuse the handshake with "
+            f"HTTP 401. Prefer the {JWT_SECRET_ENV} environment variable "
+            f"(default: ${JWT_SECRET_ENV} if set, else no tokens)"
+        ),
+    )
+    permissions.add_argument(
+        "--jwt-public-key",
+        default=None,
+        metavar="FILE",
+        help=(
+            "require a JWT signed with the private key of this PEM public key: RS256 for "
+            "an RSA key, ES256 for an EC key (default: no tokens)"
+        ),
+    )
+
     presence = serve.add_argument_group("presence")
     presence.add_argument(
         "--presence",
@@ -264,6 +343,41 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or action.default == []:
             return action.help
         return super()._get_help_string(action)
+
+
+def _check_combinations(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """Usage errors that no single option can tell: exit 2 with argparse's message."""
+    if options.jwt_secret is not None and options.jwt_public_key is not None:
+        parser.error("--jwt-secret and --jwt-public-key exclude each other")
+    if options.auth_token and (options.jwt_secret or options.jwt_public_key):
+        parser.error("--auth-token and the JWT options exclude each other")
+    if options.metrics == "key" and not options.api_key:
+        parser.error(f"--metrics key needs --api-key (or {API_KEY_ENV})")
+    if options.metrics_address is not None and options.metrics != "open":
+        parser.error("--metrics-address serves /metrics to anyone: it excludes --metrics key/off")
+    uses_tokens = bool(options.jwt_secret) or options.jwt_public_key is not None
+    if options.client_publish is None:
+        # A server with a backend API or tokens is a deployment: the backend
+        # publishes, and clients may not, unless the operator says so.
+        options.client_publish = "none" if options.api_key or uses_tokens else "all"
+    may_publish = options.client_publish == "all"
+    options.jwt_authenticator = None
+    if options.jwt_public_key is not None:
+        try:
+            with open(options.jwt_public_key, "rb") as file:
+                pem = file.read()
+            options.jwt_authenticator = JWTAuthenticator(public_key=pem, publish=may_publish)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--jwt-public-key: {exc}")
+    elif options.jwt_secret:
+        options.jwt_authenticator = JWTAuthenticator(secret=options.jwt_secret, publish=may_publish)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]"), _port(port)
 
 
 def _redis_url(text: str) -> str:
@@ -366,7 +480,7 @@ def _configure_logging(level_name: str) -> None:
 # ----------------------------------------------------------------- serving
 
 
-def _token_authenticator(token: str) -> Authenticator:
+def _token_authenticator(token: str, identity: object) -> Authenticator:
     expected = token.encode()
 
     async def authenticate(request: HandshakeRequest) -> object:
@@ -381,9 +495,29 @@ def _token_authenticator(token: str) -> Authenticator:
             raise HandshakeRejection(
                 401, "Unauthorized: send 'Authorization: Bearer <token>' or '?token=<token>'"
             )
-        return None
+        return identity
 
     return authenticate
+
+
+def _fixed_identity(identity: object) -> Authenticator:
+    async def authenticate(request: HandshakeRequest) -> object:
+        return identity
+
+    return authenticate
+
+
+def _authenticator(options: argparse.Namespace) -> Authenticator | None:
+    """The handshake hook: a JWT, the shared token, or none; each client gets its Grant."""
+    may_publish = options.client_publish == "all"
+    jwt_authenticator: JWTAuthenticator | None = options.jwt_authenticator
+    if jwt_authenticator is not None:
+        return jwt_authenticator
+    # One grant for every client: nothing is made per connection.
+    identity = None if may_publish else Grant(publish=False)
+    if options.auth_token:
+        return _token_authenticator(options.auth_token, identity)
+    return None if identity is None else _fixed_identity(identity)
 
 
 def _backend(options: argparse.Namespace) -> Backend | None:
@@ -439,10 +573,11 @@ async def _serve(options: argparse.Namespace) -> int:
             ) as hub:
                 if backend is not None:
                     logger.info("sharing messages with other nodes through %r", backend)
-                authenticate = (
-                    _token_authenticator(options.auth_token) if options.auth_token else None
-                )
+                authenticate = _authenticator(options)
                 async with trio.open_nursery() as nursery:
+                    if options.jwt_authenticator is not None:
+                        # Before serving: every admitted token must be watched.
+                        await nursery.start(options.jwt_authenticator.close_expired, hub)
                     try:
                         server: HubServer = await nursery.start(
                             partial(
@@ -455,13 +590,45 @@ async def _serve(options: argparse.Namespace) -> int:
                                 max_connections=options.max_connections,
                                 handshake_timeout=options.handshake_timeout,
                                 max_message_size=options.max_message_size,
+                                api_key=options.api_key,
+                                metrics="off" if options.metrics_address else options.metrics,
                             )
                         )
                     except OSError as exc:
                         logger.error(  # noqa: TRY400  the cause is all a user needs here
                             "cannot listen on %s:%s: %s", options.host, options.port, exc
                         )
+                        nursery.cancel_scope.cancel()
                         return 1
+                    if options.metrics_address is not None:
+                        metrics_host, metrics_port = options.metrics_address
+                        try:
+                            await nursery.start(
+                                partial(
+                                    serve_metrics,
+                                    server,
+                                    metrics_host,
+                                    metrics_port,
+                                    handshake_timeout=options.handshake_timeout,
+                                )
+                            )
+                        except OSError as exc:
+                            logger.error(  # noqa: TRY400  the cause is all a user needs here
+                                "cannot listen on %s:%s for /metrics: %s",
+                                metrics_host,
+                                metrics_port,
+                                exc,
+                            )
+                            await server.aclose()
+                            nursery.cancel_scope.cancel()
+                            return 1
+                    logger.info(
+                        "WebSocket clients %s publish (--client-publish %s)%s; HTTP API %s",
+                        "may" if options.client_publish == "all" else "may not",
+                        options.client_publish,
+                        "; connection tokens required" if options.jwt_authenticator else "",
+                        "enabled" if options.api_key else "disabled",
+                    )
                     if not logging.getLogger("trio_hub").isEnabledFor(logging.INFO):
                         # serve_hub logs this line at INFO; scripts that start the
                         # server parse it for the port, so it is there at any level.
@@ -470,6 +637,7 @@ async def _serve(options: argparse.Namespace) -> int:
                         logger.info("%s received: shutting down", signal.Signals(signum).name)
                         break
                     await server.aclose()
+                    nursery.cancel_scope.cancel()  # the token expiry task
         except BackendUnavailableError as exc:
             # Only open_hub() raises it, at start, before anything listens.
             logger.error("cannot start: %s", exc)  # noqa: TRY400  one line, no traceback

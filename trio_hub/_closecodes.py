@@ -10,15 +10,17 @@ __all__ = ["CloseCode"]
 class CloseCode(enum.IntEnum):
     """Close codes used by trio_hub.
 
-    The 1xxx codes are the standard ones from RFC 6455. The two 4xxx codes are
+    The 1xxx codes are the standard ones from RFC 6455. The 4xxx codes are
     private to trio_hub (the range RFC 6455 leaves to applications), so that a
-    client can tell "I was too slow" from "I stopped answering pings".
+    client can tell "I was too slow" from "I stopped answering pings" or "my token expired".
     """
 
     NORMAL = 1000
     """The application removed the client, or the client left normally."""
     GOING_AWAY = 1001
     """The hub is shutting down."""
+    PROTOCOL_ERROR = 1002
+    """The client broke RFC 6455 (a malformed or forbidden frame)."""
     UNSUPPORTED_DATA = 1003
     """The client sent a binary frame; the hub speaks JSON text frames only."""
     ABNORMAL = 1006
@@ -35,3 +37,8 @@ class CloseCode(enum.IntEnum):
     """Evicted, because the client's queue was full or a write exceeded ``write_timeout``."""
     KEEPALIVE_TIMEOUT = 4001
     """The client did not answer a ping within ``pong_timeout``."""
+    TOKEN_EXPIRED = 4002
+    """The client's connection token expired, and no fresh one came in a ``refresh``.
+
+    .. versionadded:: 0.2
+    """

@@ -20,7 +20,7 @@ from ._message import JSONValue, Message
 from ._policy import SlowClientPolicy
 from ._presence import PresenceEvents, PresenceInfo, _PresenceTracker, check_info
 from ._statistics import HubStatistics
-from ._transport import Transport, WebSocketTransport
+from ._transport import Transport, WebSocketTransport, can_ping
 from ._util import NoPublicConstructor
 from .backends._base import Backend, MemoryBackend
 
@@ -226,7 +226,8 @@ class Hub(metaclass=NoPublicConstructor):
         for topic in topic_list:
             self._add_subscriber(topic, client)
         interval = self._config.ping_interval
-        if interval is not None:
+        # A transport whose server pings for it (ASGI) never enters the queue.
+        if interval is not None and can_ping(transport):
             self._ping_queue.append((trio.current_time() + interval, client))
             self._ping_wakeup.set()
         logger.debug("client #%d registered: %r", client.id, transport)
@@ -276,7 +277,7 @@ class Hub(metaclass=NoPublicConstructor):
         self._clients.pop(client, None)
         for topic in list(client._topics):
             self._remove_subscriber(topic, client)
-        if self._config.ping_interval is not None:
+        if self._config.ping_interval is not None and can_ping(client._transport):
             self._forget_pings()
 
     def _forget_pings(self) -> None:
@@ -522,7 +523,7 @@ class Hub(metaclass=NoPublicConstructor):
 
         1. Registration stops: :meth:`register`, :meth:`broadcast` and
            :meth:`publish` raise :class:`HubClosedError` from now on.
-        2. Each client stops reading and pinging, and its writer flushes what is
+        2. Each client stops handling input and pinging, and its writer flushes what is
            queued, for up to ``drain_timeout`` seconds in all.
         3. Every client is closed with 1001 (going away); each close handshake
            gets up to ``close_timeout`` seconds.

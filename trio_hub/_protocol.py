@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from . import _codec
+from ._auth import Grant, InvalidTokenError
 from ._errors import HubClosedError
 from ._message import JSONValue, Message, _json_kind
 from .backends._base import BackendUnavailableError
@@ -117,6 +118,18 @@ async def protocol_handler(client: Client, message: Message) -> None:
     subscriptions, so that the memory one client can make the hub hold stays
     bounded.
 
+    * ``refresh`` with ``{"token": T}``: a fresh connection token, for a
+      client whose identity is a :class:`Grant` from
+      :class:`JWTAuthenticator`; the sender gets ``refreshed`` ``{"expires":
+      E, "unsubscribed": [...]}`` (the topics the new token no longer allows,
+      which it has left).
+
+    Permissions: when the client's :attr:`~Client.identity` is a
+    :class:`Grant`, a ``subscribe`` needs :meth:`Grant.may_subscribe`, and a
+    ``publish`` or ``broadcast`` :meth:`Grant.may_publish`; a refusal is an
+    ``error`` of code ``forbidden``, and the connection stays open. Any other
+    identity may do everything.
+
     Error handling:
         A message it cannot act on is answered, to the sender alone, with
         ``{"type": "error", "payload": {"code": C, "detail": "<text>"}}``, and
@@ -124,12 +137,13 @@ async def protocol_handler(client: Client, message: Message) -> None:
         type), ``invalid_payload`` (the payload does not have the shape the
         type needs: not an object, a missing, empty, non-string or too long
         topic, or an unknown field), ``limit_exceeded`` (one ``subscribe``
-        too many), ``not_subscribed`` (``presence`` for a topic the sender is
-        not subscribed to), ``presence_disabled`` (``presence`` on a hub that
-        does not track it) or ``unavailable`` (the shared presence cannot be
-        read now, during a backend outage). The hub itself answers frames that are not JSON
-        (``invalid_json``) or not an envelope (``invalid_envelope``) before any
-        handler sees them.
+        too many), ``forbidden`` (see above), ``invalid_token`` (a
+        ``refresh`` whose token is refused), ``not_subscribed`` (``presence``
+        for a topic the sender is not subscribed to), ``presence_disabled``
+        (``presence`` on a hub that does not track it) or ``unavailable`` (the
+        shared presence cannot be read now, during a backend outage). The hub
+        itself answers frames that are not JSON (``invalid_json``) or not an
+        envelope (``invalid_envelope``) before any handler sees them.
 
     It never waits: each reply, broadcast and publication is queued at once,
     so a slow client only ever slows itself.
@@ -179,8 +193,36 @@ def _echo(client: Client, payload: JSONValue) -> None:
     client.send(Message._trusted("echo", payload, None))
 
 
+def _forbid(client: Client, action: str, topic: str | None) -> None:
+    """Raise ``forbidden`` unless the client's :class:`Grant` allows ``action``."""
+    grant = client.identity
+    if not isinstance(grant, Grant):
+        return  # no permission hook attached: everything is allowed
+    who = "this client" if grant.subject is None else repr(grant.subject)
+    if action == "subscribe":
+        assert topic is not None
+        if grant.may_subscribe(topic):
+            return
+        raise _ProtocolError("forbidden", f"{who} may not subscribe to {topic!r}")
+    if grant.may_publish(topic):
+        return
+    what = "broadcast on this server" if topic is None else f"publish on {topic!r}"
+    raise _ProtocolError("forbidden", f"{who} may not {what}")
+
+
+def broadcast_message(payload: JSONValue) -> Message:
+    """The frame every client gets for a broadcast of ``payload`` (decoded JSON)."""
+    return Message._trusted("broadcast", payload, None)
+
+
+def publication(topic: str, data: JSONValue) -> Message:
+    """The frame a subscriber of ``topic`` gets for a publication of ``data`` (decoded JSON)."""
+    return Message._trusted("message", {"topic": topic, "data": data}, None)
+
+
 def _broadcast(client: Client, payload: JSONValue) -> None:
-    count = client.hub.broadcast(Message._trusted("broadcast", payload, None))
+    _forbid(client, "broadcast", None)
+    count = client.hub.broadcast(broadcast_message(payload))
     # websocket-shootout puts listenerCount beside the payload, which the strict
     # envelope cannot hold: encode the frame ourselves and hand over the bytes.
     data = _codec.encode({"type": "broadcastResult", "payload": payload, "listenerCount": count})
@@ -189,6 +231,7 @@ def _broadcast(client: Client, payload: JSONValue) -> None:
 
 def _subscribe(client: Client, payload: JSONValue) -> None:
     topic = _topic_of("subscribe", payload, _TOPIC_ONLY)
+    _forbid(client, "subscribe", topic)
     topics = client.topics
     if topic not in topics and len(topics) >= MAX_TOPICS_PER_CLIENT:
         raise _ProtocolError(
@@ -209,8 +252,8 @@ def _unsubscribe(client: Client, payload: JSONValue) -> None:
 def _publish(client: Client, payload: JSONValue) -> None:
     topic = _topic_of("publish", payload, _TOPIC_AND_DATA)
     assert isinstance(payload, Mapping)  # _topic_of checked it
-    published = Message._trusted("message", {"topic": topic, "data": payload.get("data")}, None)
-    count = client.hub.publish(topic, published)
+    _forbid(client, "publish", topic)
+    count = client.hub.publish(topic, publication(topic, payload.get("data")))
     client.send(Message._trusted("publishResult", {"topic": topic, "listenerCount": count}, None))
 
 
@@ -234,6 +277,29 @@ async def _presence(client: Client, payload: JSONValue) -> None:
             "presence", {"topic": topic, "clients": [entry.to_json() for entry in entries]}, None
         )
     )
+
+
+def _refresh(client: Client, payload: JSONValue) -> None:
+    if not isinstance(payload, Mapping) or payload.keys() != {"token"}:
+        raise _ProtocolError(
+            "invalid_payload", "a 'refresh' payload must be an object with 'token' alone"
+        )
+    token = payload["token"]
+    if not isinstance(token, str) or not token:
+        raise _ProtocolError("invalid_payload", "'token' must be a non-empty string")
+    grant = client.identity
+    if not isinstance(grant, Grant):
+        raise _ProtocolError("invalid_token", "this server does not use connection tokens")
+    try:
+        grant.refresh(token)
+    except InvalidTokenError as exc:
+        raise _ProtocolError("invalid_token", str(exc)) from None
+    # The new token may allow fewer topics: leave those it no longer allows.
+    dropped = sorted(topic for topic in client.topics if not grant.may_subscribe(topic))
+    for topic in dropped:
+        client.unsubscribe(topic)
+    reply: dict[str, JSONValue] = {"expires": grant.expires, "unsubscribed": list(dropped)}
+    client.send(Message._trusted("refreshed", reply, None))
 
 
 def _topic_of(message_type: str, payload: JSONValue, fields: tuple[str, ...]) -> str:
@@ -279,6 +345,7 @@ _ACTIONS: Final[Mapping[str, _Action]] = {
     "subscribe": _subscribe,
     "unsubscribe": _unsubscribe,
     "publish": _publish,
+    "refresh": _refresh,
 }
 _KNOWN_TYPES: Final = ", ".join(repr(name) for name in [*_ACTIONS, "presence"])
 _TOPIC_ONLY: Final = ("topic",)

@@ -6,22 +6,28 @@ import importlib.resources
 import logging
 import math
 import types
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from http import HTTPStatus
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, wrap_server_stream
 
+from ._client import Client
 from ._closecodes import CloseCode
+from ._connection import ServerConnection, handshake_response
 from ._errors import HubClosedError, HubError
+from ._http import METRICS_MODES, HTTPSide, serve_request
 from ._hub import Hub
 from ._message import JSONValue
-from ._stream import FastWebSocketTransport, HubStream, WriteCoalescer
+from ._stream import HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "Admission",
@@ -111,18 +117,24 @@ class HubServer(metaclass=NoPublicConstructor):
         "_accept_scope",
         "_connections",
         "_handler_scopes",
+        "_http",
         "_hub",
         "_listeners",
+        "_refusals",
+        "_registry",
         "_stopped",
     )
 
-    def __init__(self, hub: Hub, listeners: list[trio.SocketListener]) -> None:
+    def __init__(self, hub: Hub, listeners: list[trio.SocketListener], http: HTTPSide) -> None:
         self._hub = hub
         self._listeners = listeners
+        self._http = http
         self._accept_scope = trio.CancelScope()
         self._stopped = trio.Event()
         self._connections = 0
         self._handler_scopes: set[trio.CancelScope] = set()
+        self._refusals: Counter[str] = Counter()
+        self._registry: CollectorRegistry | None = None
 
     @property
     def hub(self) -> Hub:
@@ -154,6 +166,42 @@ class HubServer(metaclass=NoPublicConstructor):
         """How many connections are open now, WebSocket clients and handshakes in progress."""
         return self._connections
 
+    @property
+    def refusals(self) -> Mapping[str, int]:
+        """How many connections the handshake refused or dropped, by reason.
+
+        The reasons: ``bad_request``, ``too_many_connections``, ``bad_upgrade``,
+        ``origin``, ``shutting_down``, ``rejected_<status>`` (the
+        ``authenticate`` hook refused, as with 401), ``auth_timeout``,
+        ``auth_error``, ``handshake_timeout`` and ``lost``.
+
+        .. versionadded:: 0.2
+        """
+        return types.MappingProxyType(self._refusals)
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry:
+        """The server's own Prometheus registry, which ``GET /metrics`` serves.
+
+        Its collector reads :meth:`Hub.statistics` and :attr:`refusals` at
+        each scrape. Register your own collectors with it to serve them beside
+        trio_hub's; it is never the process-global registry.
+
+        .. versionadded:: 0.2
+        """
+        if self._registry is None:
+            # Imported on first use: a server without /metrics needs no prometheus_client.
+            from . import _metrics
+
+            collector = _metrics.HubCollector(
+                self._hub,
+                refusals=lambda: self._refusals,
+                connections=lambda: self._connections,
+                requests=lambda: self._http.requests,
+            )
+            self._registry = _metrics.open_registry(collector)
+        return self._registry
+
     async def aclose(self) -> None:
         """Stop accepting, then shut the hub down; return when both are done.
 
@@ -174,6 +222,8 @@ async def serve_hub(
     handshake_timeout: float = 10.0,
     max_message_size: int = 1 << 20,
     index_html: bytes | None = None,
+    api_key: str | None = None,
+    metrics: str = "off",
     task_status: trio.TaskStatus[HubServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket clients for ``hub`` on ``host``:``port``.
@@ -188,8 +238,10 @@ async def serve_hub(
     1. A client must send its request head within ``handshake_timeout``, or the
        TCP connection is dropped. Garbage gets 400.
     2. Past ``max_connections``: 503; clients already connected are unharmed.
-    3. A plain HTTP ``GET /`` gets the browser page (``index_html``); other
-       paths 404, other methods 405.
+    3. A plain HTTP request goes to the HTTP side (:ref:`http-api`):
+       ``GET /`` gets the browser page (``index_html``), ``/api/...`` the
+       HTTP API (with ``api_key``), ``GET /metrics`` the Prometheus metrics;
+       other paths 404, other methods 405.
     4. Origin: if the request has an ``Origin`` header, its host must equal the
        ``Host`` header (gorilla's CheckOrigin), unless the origin is in
        ``allowed_origins`` (``"*"`` allows all). Otherwise 403.
@@ -211,12 +263,36 @@ async def serve_hub(
         max_message_size: The largest inbound message, in bytes.
         index_html: The page served on ``GET /``; ``None`` for the built-in page,
             ``b""`` to serve none (404).
+        api_key: The key that the HTTP API (``POST /api/publish``, ``POST
+            /api/broadcast``, ``GET /api/stats``) requires as
+            ``Authorization: Bearer <key>``; ``None`` disables the API (404).
+        metrics: ``"open"`` serves ``GET /metrics`` to anyone, ``"key"``
+            requires ``api_key`` for it too, ``"off"`` (the default, so that
+            no server exposes its figures without being asked to) serves none
+            (404). ``python -m trio_hub serve`` passes ``"open"``.
         task_status: For ``nursery.start``.
+
+    .. versionchanged:: 0.2
+       The HTTP API and ``/metrics``: ``api_key`` and ``metrics``.
     """
     if max_connections is not None and max_connections < 1:
         raise ValueError(f"max_connections must be None or >= 1, got {max_connections!r}")
     if not handshake_timeout > 0:
         raise ValueError(f"handshake_timeout must be > 0, got {handshake_timeout!r}")
+    if metrics not in METRICS_MODES:
+        raise ValueError(f"metrics must be one of {METRICS_MODES}, got {metrics!r}")
+    if api_key is not None and not api_key:
+        raise ValueError("api_key must not be empty; None disables the HTTP API")
+    if metrics == "key" and api_key is None:
+        raise ValueError("metrics='key' needs an api_key")
+    page = default_index_html() if index_html is None else index_html
+    http = HTTPSide(
+        hub=hub,
+        index_html=page,
+        api_key=api_key.encode() if api_key is not None else None,
+        metrics=metrics,
+        max_body_size=max_message_size,
+    )
     policy = _Policy(
         hub=hub,
         authenticate=authenticate,
@@ -224,11 +300,13 @@ async def serve_hub(
         max_connections=max_connections if max_connections is not None else math.inf,
         handshake_timeout=handshake_timeout,
         max_message_size=max_message_size,
-        index_html=default_index_html() if index_html is None else index_html,
+        index_html=page,
         coalescer=WriteCoalescer(),
+        http=http,
+        flush_nursery=None,
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
-    server = HubServer._create(hub, listeners)
+    server = HubServer._create(hub, listeners, http)
     # The coalescer outlives accepting: it must flush for clients being drained.
     coalescer_scope = trio.CancelScope(shield=True)
 
@@ -238,6 +316,7 @@ async def serve_hub(
 
     try:
         async with trio.open_nursery() as handler_nursery:
+            policy = replace(policy, flush_nursery=handler_nursery)
             handler_nursery.start_soon(run_coalescer)
             try:
                 with server._accept_scope:
@@ -280,6 +359,8 @@ class _Policy:
     max_message_size: int
     index_html: bytes
     coalescer: WriteCoalescer
+    http: HTTPSide
+    flush_nursery: trio.Nursery | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,27 +376,41 @@ class _BadRequest(Exception):
 
 async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream) -> None:
     # Shielded: outer cancellation must not cut a client off before the hub has
-    # drained it; serve_hub cancels handlers itself once the hub is closed.
+    # drained it; serve_hub cancels handshakes itself once the hub is closed.
     server._connections += 1
-    scope = trio.CancelScope(shield=True)
-    server._handler_scopes.add(scope)
     try:
-        with scope:
-            # Two steps, so that nothing of the handshake stays alive in this
-            # task's frames while the client is connected.
-            admitted = await _handshake(policy, server, stream)
-            if admitted is not None:
-                await _upgrade_and_serve(policy, stream, *admitted)
+        scope = trio.CancelScope(shield=True)
+        server._handler_scopes.add(scope)
+        try:
+            with scope:
+                # Two steps, so that nothing of the handshake stays alive in
+                # this task's frames while the client is connected.
+                admitted = await _handshake(policy, server, stream)
+                client = None if admitted is None else await _upgrade(policy, stream, admitted)
+        finally:
+            server._handler_scopes.discard(scope)
+        del scope, admitted
+        if client is not None:
+            # The client runs right here, in this connection's task, under
+            # its own shielded scope: it reads, answers pings and closes the
+            # connection itself, so an idle client costs this one task. It is
+            # registered with the hub all the same, and hub shutdown waits for it.
+            await client._run()
+            logger.info(
+                "client #%d disconnected: code %s %s",
+                client.id,
+                client.close_code,
+                client.close_reason,
+            )
     except Exception:
         logger.exception("error while serving a connection")
     finally:
-        server._handler_scopes.discard(scope)
         server._connections -= 1
 
 
 async def _handshake(
     policy: _Policy, server: HubServer, stream: trio.SocketStream
-) -> tuple[bytes, object, float, tuple[str, int] | None] | None:
+) -> list[object] | None:
     """Apply the handshake policy; return what the upgrade needs, if admitted."""
     remote = _remote(stream)
     deadline = trio.current_time() + policy.handshake_timeout
@@ -325,26 +420,30 @@ async def _handshake(
         except trio.BrokenResourceError:
             # The peer reset the connection: its business, not a server error.
             logger.info("%s: connection lost during the handshake", _show(remote))
+            server._refusals["lost"] += 1
             return None
     if head_scope.cancelled_caught:
         logger.info("%s: no handshake within %ss; dropped", _show(remote), policy.handshake_timeout)
+        server._refusals["handshake_timeout"] += 1
         return None
     if raw is None:
         return None  # the peer closed before sending anything
     try:
-        head_bytes, _, _ = raw.partition(b"\r\n\r\n")
+        head_bytes, _, body_start = raw.partition(b"\r\n\r\n")
         head = _parse_head(head_bytes)
     except _BadRequest as exc:
         logger.info("%s: bad request: %s", _show(remote), exc)
+        server._refusals["bad_request"] += 1
         await _respond(stream, HTTPStatus.BAD_REQUEST, f"Bad request: {exc}\n")
         return None
     if server._connections > policy.max_connections:
         logger.warning("%s: refused, connection limit reached", _show(remote))
+        server._refusals["too_many_connections"] += 1
         await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
         return None
     headers = head.headers
     if "websocket" not in headers.get("upgrade", "").lower():
-        await _serve_plain_http(policy, stream, head)
+        await _serve_plain_http(policy, server, stream, head, body_start, deadline)
         return None
     path, _, query = head.target.partition("?")
     request = HandshakeRequest(
@@ -353,13 +452,18 @@ async def _handshake(
         headers=headers,
         remote=remote,
     )
-    problem = _check_upgrade(headers) or _check_origin(policy, headers)
+    problem = _check_upgrade(headers)
+    reason = "bad_upgrade"
+    if problem is None:
+        problem, reason = _check_origin(policy, headers), "origin"
     if problem is not None:
         status, body = problem
         logger.info("%s: refused (%d): %s", _show(remote), status, body.strip())
+        server._refusals[reason] += 1
         await _respond(stream, status, body)
         return None
     if policy.hub.closed:
+        server._refusals["shutting_down"] += 1
         await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Shutting down\n")
         return None
     identity: object = None
@@ -369,80 +473,75 @@ async def _handshake(
                 identity = await policy.authenticate(request)
         except HandshakeRejection as rejection:
             logger.info("%s: rejected (%d): %s", _show(remote), rejection.status, rejection.body)
+            server._refusals[f"rejected_{rejection.status}"] += 1
             await _respond(stream, rejection.status, rejection.body + "\n")
             return None
         except trio.TooSlowError:
             logger.warning("%s: authentication took too long; dropped", _show(remote))
+            server._refusals["auth_timeout"] += 1
             await _respond(stream, HTTPStatus.SERVICE_UNAVAILABLE, "Authentication timed out\n")
             return None
         except Exception:
             logger.exception("%s: the authenticate hook raised", _show(remote))
+            server._refusals["auth_error"] += 1
             await _respond(stream, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error\n")
             return None
-    return raw, identity, deadline, remote
+        subject = getattr(identity, "subject", None)
+        if subject is not None:
+            logger.info("%s: authenticated as %r", _show(remote), subject)
+    # What the connection needs of the request: the response (the accept key,
+    # and the extensions' answer once there are any) and the bytes after the head.
+    # A list, which _upgrade empties: nothing of it may stay alive in
+    # _handle's frame for as long as the client is connected.
+    return [handshake_response(headers), raw[len(head_bytes) + 4 :], identity, deadline, remote]
 
 
-async def _upgrade_and_serve(
-    policy: _Policy,
-    stream: trio.SocketStream,
-    raw: bytes,
-    identity: object,
-    deadline: float,
-    remote: tuple[str, int] | None,
-) -> None:
-    async with trio.open_nursery() as nursery:
-        hub_stream = HubStream(stream, replay=raw, nursery=nursery, coalescer=policy.coalescer)
-        with trio.move_on_at(deadline) as accept_scope:
-            try:
-                request = await wrap_server_stream(
-                    nursery, hub_stream, max_message_size=policy.max_message_size
-                )
-                connection = await request.accept()
-            except ConnectionClosed:
-                # The peer went away before our 101 response went out.
-                logger.info("%s: connection lost during the handshake", _show(remote))
-                nursery.cancel_scope.cancel()
-                return
-        if accept_scope.cancelled_caught:
-            logger.info("%s: handshake did not complete; dropped", _show(remote))
-            nursery.cancel_scope.cancel()
-            return
-        hub_stream.connection = connection
-        transport = FastWebSocketTransport(connection, hub_stream)
-        info: JSONValue = None
-        if isinstance(identity, Admission):
-            admission = identity
-            identity, info = admission.identity, admission.info
+async def _upgrade(
+    policy: _Policy, stream: trio.SocketStream, admitted: list[object]
+) -> Client | None:
+    """Send the 101 response and register the client; return it, not yet running."""
+    response, initial, identity, deadline, remote = admitted
+    admitted.clear()
+    assert isinstance(response, bytes)
+    assert isinstance(initial, bytes)
+    assert isinstance(deadline, float)
+    assert remote is None or isinstance(remote, tuple)
+    with trio.move_on_at(deadline) as accept_scope:
         try:
-            client = policy.hub._add_client(transport, identity=identity, info=info)
-        except ValueError:
-            logger.exception("%s: the authenticate hook returned unusable info", _show(remote))
-            with trio.move_on_after(_RESPONSE_TIMEOUT):
-                await connection.aclose(CloseCode.INTERNAL_ERROR, "internal error")
-            nursery.cancel_scope.cancel()
-            return
-        except HubClosedError:
-            with trio.move_on_after(_RESPONSE_TIMEOUT):
-                await connection.aclose(CloseCode.GOING_AWAY, "shutting down")
-            nursery.cancel_scope.cancel()
-            return
-        logger.info("client #%d connected from %s", client.id, _show(remote))
-        # The client runs right here, in this connection's task, beside
-        # trio-websocket's reader: one task fewer per connection than
-        # register() + wait_closed(). It is registered with the hub all the
-        # same, and hub shutdown waits for it.
-        await client._run()
-        logger.info(
-            "client #%d disconnected: code %s %s",
-            client.id,
-            client.close_code,
-            client.close_reason,
-        )
-        # Not cancel(): when the peer started the close, trio-websocket's
-        # reader may still be writing the reply (the client leaves as soon as
-        # the close is seen), and it ends by itself once the socket is closed.
-        # Bounded all the same; server shutdown cancels it at once.
-        nursery.cancel_scope.deadline = trio.current_time() + _RESPONSE_TIMEOUT
+            await stream.send_all(response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The peer went away before our 101 response went out.
+            logger.info("%s: connection lost during the handshake", _show(remote))
+            await trio.aclose_forcefully(stream)
+            return None
+    if accept_scope.cancelled_caught:
+        logger.info("%s: handshake did not complete; dropped", _show(remote))
+        await trio.aclose_forcefully(stream)
+        return None
+    # What a write from broadcast() leaves over is flushed by a short-lived
+    # task in the server's nursery: an idle connection runs none, and holds no
+    # nursery of its own.
+    writer = HubStream(stream, nursery=policy.flush_nursery, coalescer=policy.coalescer)
+    connection = ServerConnection(
+        stream, writer, max_message_size=policy.max_message_size, initial=initial
+    )
+    info: JSONValue = None
+    if isinstance(identity, Admission):
+        admission = identity
+        identity, info = admission.identity, admission.info
+    try:
+        client = policy.hub._add_client(connection, identity=identity, info=info)
+    except ValueError:
+        logger.exception("%s: the authenticate hook returned unusable info", _show(remote))
+        with trio.move_on_after(_RESPONSE_TIMEOUT):
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return None
+    except HubClosedError:
+        with trio.move_on_after(_RESPONSE_TIMEOUT):
+            await connection.close(CloseCode.GOING_AWAY, "shutting down")
+        return None
+    logger.info("client #%d connected from %s", client.id, _show(remote))
+    return client
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:
@@ -501,20 +600,18 @@ def _check_origin(policy: _Policy, headers: Mapping[str, str]) -> tuple[int, str
     return HTTPStatus.FORBIDDEN, f"Origin {origin!r} is not allowed\n"
 
 
-async def _serve_plain_http(policy: _Policy, stream: trio.SocketStream, head: _Head) -> None:
-    path = head.target.partition("?")[0]
-    if head.method not in ("GET", "HEAD"):
-        await _respond(stream, HTTPStatus.METHOD_NOT_ALLOWED, "Method not allowed\n")
-    elif path in ("/", "/index.html") and policy.index_html:
-        await _respond(
-            stream,
-            HTTPStatus.OK,
-            policy.index_html,
-            content_type="text/html; charset=utf-8",
-            head_only=head.method == "HEAD",
-        )
-    else:
-        await _respond(stream, HTTPStatus.NOT_FOUND, "Not found\n")
+async def _serve_plain_http(
+    policy: _Policy,
+    server: HubServer,
+    stream: trio.SocketStream,
+    head: _Head,
+    body_start: bytes,
+    deadline: float,
+) -> None:
+    # The page, the HTTP API and /metrics: trio_hub/_http.py.
+    await serve_request(
+        policy.http, server, stream, head.method, head.target, head.headers, body_start, deadline
+    )
 
 
 async def _respond(

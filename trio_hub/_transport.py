@@ -4,6 +4,11 @@ A :class:`Transport` is what the hub drives for one client. trio_hub ships two: 
 adapter for trio-websocket's :class:`~trio_websocket.WebSocketConnection`, and the
 in-memory transport of :mod:`trio_hub.testing`. Anything else that implements
 these six methods can be registered too.
+
+A transport whose server already keeps the connection alive, and that has no way
+to send a ping itself (an ASGI connection: see :mod:`trio_hub.asgi`), says so
+with a class attribute ``can_ping = False``; the hub's keepalive then leaves it
+alone (see :func:`can_ping`).
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import trio
+import wsproto
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.connection import ConnectionState
 
 from ._closecodes import CloseCode
 from ._errors import TransportClosed
 from ._message import Message
 
-__all__ = ["Transport", "WebSocketTransport"]
+__all__ = ["Transport", "WebSocketTransport", "can_ping"]
 
 
 @runtime_checkable
@@ -28,6 +35,17 @@ class Transport(Protocol):
     Every method may raise :class:`TransportClosed` once the connection is gone.
     The hub calls :meth:`send_batch` and :meth:`send_nowait` from one place per
     client, never concurrently with each other.
+
+    Keepalive:
+        The hub pings each client every ``ping_interval`` seconds through
+        :meth:`ping`. A transport that cannot ping (its server pings on its own,
+        as Hypercorn does for ASGI apps) sets the class attribute
+        ``can_ping = False``: the hub then never calls its :meth:`ping`, and
+        ``pong_timeout`` does not apply to it. The attribute is optional, and
+        a transport without it is pinged.
+
+        .. versionadded:: 0.2
+           ``can_ping``.
     """
 
     async def receive(self) -> str | bytes:
@@ -83,6 +101,7 @@ class WebSocketTransport:
 
     def __init__(self, connection: WebSocketConnection) -> None:
         self._connection = connection
+        _send_no_pong_after_close(connection)
 
     @property
     def connection(self) -> WebSocketConnection:
@@ -130,6 +149,37 @@ class WebSocketTransport:
     def __repr__(self) -> str:
         remote = self._connection.remote
         return f"<WebSocketTransport {remote}>"
+
+
+def _send_no_pong_after_close(connection: WebSocketConnection) -> None:
+    """Make ``connection`` drop the pongs it would send after its own close frame.
+
+    trio-websocket issue #184 (its fix, PR #198, is not merged): a ping that
+    arrives once the connection has sent its close frame (wsproto's
+    ``LOCAL_CLOSING``: the hub closed it for shutdown, eviction or a keepalive
+    timeout) is answered with a pong that wsproto refuses, and the
+    ``LocalProtocolError`` escapes the connection's reader task, which ends
+    the connection's nursery (with trio-websocket's own server, the whole
+    server). After a close frame an endpoint sends nothing more (RFC 6455,
+    5.5.1), so the pong is simply not sent. trio-websocket's reader looks
+    ``_send`` up at each call, so wrapping it on the instance is enough.
+    """
+    send = connection._send
+
+    async def send_unless_a_late_pong(event: wsproto.events.Event) -> None:
+        if isinstance(event, wsproto.events.Pong) and (
+            connection._wsproto.state is not ConnectionState.OPEN
+        ):
+            await trio.lowlevel.checkpoint()
+            return
+        await send(event)
+
+    connection._send = send_unless_a_late_pong  # type: ignore[method-assign]
+
+
+def can_ping(transport: Transport) -> bool:
+    """Whether the hub's keepalive pings through ``transport`` (see :class:`Transport`)."""
+    return getattr(transport, "can_ping", True) is not False
 
 
 def transport_closed(exc: ConnectionClosed) -> TransportClosed:

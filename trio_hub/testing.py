@@ -204,48 +204,77 @@ class RecordingBroadcaster:
         """Forget everything recorded so far."""
         self.sent.clear()
 
-    def assert_broadcast(self, type: str, payload: object = None) -> None:
+    def assert_broadcast(self, type: str | Message, payload: object = None) -> None:
         """Assert that a message with this type and payload was broadcast.
 
+        Both spellings work: ``assert_broadcast("price", {"eur": 3})`` and
+        ``assert_broadcast(Message("price", {"eur": 3}))``.
+
         Args:
-            type: The expected message type.
+            type: The expected message type, or the expected
+                :class:`~trio_hub.Message` itself (then without ``payload``).
             payload: The expected payload; :data:`unittest.mock.ANY` matches
                 any value, also inside lists and dicts.
 
         Raises:
             AssertionError: listing everything that was sent, if none matches.
+            TypeError: if ``type`` is neither a ``str`` nor a
+                :class:`~trio_hub.Message`, or is a ``Message`` given with a
+                ``payload`` too; the message shows the right call.
+
+        .. versionchanged:: 0.2
+           Accepts a :class:`~trio_hub.Message`.
         """
+        type, payload = _expectation("assert_broadcast", (), type, payload)
         if not any(_matches(message, type, payload) for message in self.broadcasts):
             raise AssertionError(
                 f"expected a broadcast of {_format(type, payload)}; {self._describe_sent()}"
             )
 
-    def assert_published(self, topic: str, type: str, payload: object = None) -> None:
+    def assert_published(self, topic: str, type: str | Message, payload: object = None) -> None:
         """Assert that a message with this type and payload was published on ``topic``.
+
+        Both spellings work: ``assert_published("news", "headline", "up")`` and
+        ``assert_published("news", Message("headline", "up"))``.
 
         Args:
             topic: The topic it must have been published on.
-            type: The expected message type.
+            type: The expected message type, or the expected
+                :class:`~trio_hub.Message` itself (then without ``payload``).
             payload: The expected payload; :data:`unittest.mock.ANY` matches
                 any value.
 
         Raises:
             AssertionError: listing everything that was sent, if none matches.
+            TypeError: as for :meth:`assert_broadcast`.
+
+        .. versionchanged:: 0.2
+           Accepts a :class:`~trio_hub.Message`.
         """
+        type, payload = _expectation("assert_published", (topic,), type, payload)
         if not any(_matches(message, type, payload) for message in self.published(topic)):
             raise AssertionError(
                 f"expected {_format(type, payload)} published on {topic!r}; {self._describe_sent()}"
             )
 
-    def assert_sent_exactly(self, *expected: SentMessage) -> None:
+    def assert_sent_exactly(self, *expected: SentMessage | Message) -> None:
         """Assert that exactly these calls were made, in this order.
+
+        Args:
+            expected: One :class:`SentMessage` per call; a plain
+                :class:`~trio_hub.Message` stands for a broadcast of it.
 
         Raises:
             AssertionError: showing both sequences, if they differ.
+            TypeError: if an item is neither a ``SentMessage`` nor a ``Message``.
+
+        .. versionchanged:: 0.2
+           Accepts a :class:`~trio_hub.Message` for a broadcast.
         """
-        if list(expected) != self.sent:
+        calls = [_as_sent(item) for item in expected]
+        if calls != self.sent:
             wanted = "\n".join(
-                f"  {index}. {_describe(sent)}" for index, sent in enumerate(expected, 1)
+                f"  {index}. {_describe(sent)}" for index, sent in enumerate(calls, 1)
             )
             raise AssertionError(
                 f"expected exactly:\n{wanted or '  nothing'}\n{self._describe_sent()}"
@@ -279,6 +308,38 @@ def _check_message(message: Message) -> Message:
     if not isinstance(message, Message):
         raise TypeError(f"expected a trio_hub.Message, got {type(message).__name__}")
     return message
+
+
+def _expectation(
+    method: str, leading: tuple[str, ...], type: str | Message, payload: object
+) -> tuple[str, object]:
+    """The (type, payload) that an ``assert_*`` or ``expect`` call asks for."""
+    before = "".join(f"{argument!r}, " for argument in leading)
+    if isinstance(type, Message):
+        if payload is not None:
+            raise TypeError(
+                f"{method}() takes a Message alone, or a type and a payload: "
+                f"{method}({before}{type!r}) or {method}({before}{type.type!r}, {payload!r})"
+            )
+        return type.type, type.payload
+    if not isinstance(type, str):
+        raise TypeError(
+            f"{method}() takes a message type (str) and a payload, or a Message: "
+            f"{method}({before}'announcement', 'up') or "
+            f"{method}({before}Message('announcement', 'up')); got {type!r}"
+        )
+    return type, payload
+
+
+def _as_sent(item: SentMessage | Message) -> SentMessage:
+    if isinstance(item, SentMessage):
+        return item
+    if isinstance(item, Message):
+        return SentMessage(None, item)
+    raise TypeError(
+        "assert_sent_exactly() takes SentMessage(topic, message) items, or a Message "
+        f"for a broadcast; got {item!r}"
+    )
 
 
 def _matches(message: Message, type: str, payload: object) -> bool:
@@ -617,15 +678,19 @@ class MemoryClient:
 
     async def expect(
         self,
-        type: str,
+        type: str | Message,
         payload: object = None,
         *,
         timeout: float = _DEFAULT_TIMEOUT,
     ) -> Message:
         """Receive the next message and assert its type and payload.
 
+        Both spellings work: ``expect("price", {"eur": 3})`` and
+        ``expect(Message("price", {"eur": 3}))``.
+
         Args:
-            type: The expected message type.
+            type: The expected message type, or the expected
+                :class:`~trio_hub.Message` itself (then without ``payload``).
             payload: The expected payload; :data:`unittest.mock.ANY` matches any
                 value, also inside lists and dicts.
             timeout: Seconds to wait for the message.
@@ -637,7 +702,12 @@ class MemoryClient:
             AssertionError: if another message arrives (showing both), nothing
                 arrives within ``timeout``, or the connection closes first
                 (showing the close code).
+            TypeError: as for :meth:`RecordingBroadcaster.assert_broadcast`.
+
+        .. versionchanged:: 0.2
+           Accepts a :class:`~trio_hub.Message`.
         """
+        type, payload = _expectation("expect", (), type, payload)
         expected = _format(type, payload)
         try:
             got = await self.receive(timeout=timeout)

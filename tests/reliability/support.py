@@ -1,7 +1,8 @@
 """Shared pieces of the reliability suite: a real server on loopback, and abuse tools.
 
 Everything runs over 127.0.0.1 with port 0, against :func:`trio_hub.serve_hub`,
-with real trio-websocket clients and the raw client of ``tests/rawws.py``.
+with real trio-websocket clients (from ``tests/wsclient.py``, which works around
+trio-websocket issue #184) and the raw client of ``tests/rawws.py``.
 """
 
 from __future__ import annotations

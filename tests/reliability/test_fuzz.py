@@ -22,11 +22,12 @@ from typing import Any
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from trio_websocket import ConnectionClosed, connect_websocket
+from trio_websocket import ConnectionClosed
 
 from trio_hub import CloseCode, HubServer, Message, protocol_handler
 
 from ..rawws import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWebSocket, client_frame
+from ..wsclient import connect_websocket
 from .conftest import Mode
 from .support import running, wait_until
 

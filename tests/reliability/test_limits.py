@@ -13,10 +13,11 @@ import json
 from collections.abc import Callable
 
 import trio
-from trio_websocket import WebSocketConnection, connect_websocket
+from trio_websocket import WebSocketConnection
 
 from trio_hub import CloseCode, Message
 
+from ..wsclient import READ_AHEAD, connect_websocket
 from .conftest import Mode
 from .support import raw_connect, running, wait_until
 
@@ -102,7 +103,7 @@ async def test_half_open_connections_are_found_by_keepalive_and_removed(
             silent = [await raw_connect(server.port, f"/silent{n}") for n in range(count)]
             async with trio.open_nursery() as nursery:
                 healthy = await connect_websocket(
-                    nursery, "127.0.0.1", server.port, "/healthy", use_ssl=False
+                    nursery, "127.0.0.1", server.port, "/healthy", message_queue_size=READ_AHEAD
                 )
                 await wait_until(lambda: len(hub) == count + 1)
                 clients = [c for c in hub.clients if c.identity != "/healthy"]

@@ -12,7 +12,6 @@ queued when it was evicted.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from .support import raw_connect, read_until_close, running, wait_until
 QUEUE_SIZE = 32
 PAD = "x" * 16_384
 KINDS = ("keeper", "slow", "bursty", "stuck", "stalled")
+# One write takes up to 64 KiB of queued messages: four of these.
+MESSAGES_PER_WRITE = 4
 
 
 @dataclass
@@ -110,6 +111,17 @@ async def read(port: int, reader: Reader, broadcasts: Broadcasts) -> None:
         await raw.aclose()
 
 
+def runs_of(numbers: list[int]) -> list[list[int]]:
+    """Split ``numbers`` where one is not the previous plus one."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return runs
+
+
 def check_agreement(reader: Reader, policy: SlowClientPolicy, total: int) -> str:
     client = reader.client
     assert client is not None
@@ -137,18 +149,23 @@ def check_agreement(reader: Reader, policy: SlowClientPolicy, total: int) -> str
         assert stats.dropped == total - len(received), (name, stats, len(received))
         if policy is SlowClientPolicy.EVICT:
             assert received == list(range(total)), name
-        gaps = [
-            (before, after) for before, after in itertools.pairwise(received) if after != before + 1
-        ]
+        runs = [len(run) for run in runs_of(received)]
+        # The stall: loopback TCP may take a few more bytes at any later
+        # moment (the kernel compacts a full receive queue), and the writer
+        # then takes the next write batch from the queue. So a stalled client
+        # may hold a few short runs after the first, and how many is up to the
+        # kernel; what the policy decides is which end survives.
         if policy is SlowClientPolicy.DROP_NEWEST and name in ("stuck", "stalled"):
-            # One stall, then reading to the end: the newest were dropped, so
-            # what it holds is a prefix.
-            assert received == list(range(len(received))), name
+            # The newest were dropped: it starts with everything up to the
+            # stall and the queue's worth after it.
+            assert received[0] == 0, name
+            assert runs[0] >= QUEUE_SIZE, (name, runs)
         if policy is SlowClientPolicy.DROP_OLDEST and name in ("stuck", "stalled"):
-            # One stall: the oldest queued were dropped, so it holds the start
-            # and the freshest end, with a single gap.
+            # The oldest queued were dropped: it ends with the freshest, all of
+            # the queue but the batch that the writer had taken.
+            assert received[0] == 0, name
             assert received[-1] == total - 1, name
-            assert len(gaps) <= 1, (name, gaps)
+            assert runs[-1] >= QUEUE_SIZE - MESSAGES_PER_WRITE, (name, runs)
     return (
         f"{name} read {len(received)} (dropped {stats.dropped}, "
         f"discarded {stats.discarded}, code {reader.close_code})"
