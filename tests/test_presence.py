@@ -64,6 +64,19 @@ async def test_presence_lists_one_entry_per_connection_with_identity_and_info() 
         assert statistics.presence_leaves == 0
 
 
+async def test_an_identity_with_a_subject_shows_its_subject() -> None:
+    class Grant:  # what connection tokens attach: the token's sub as .subject
+        subject = "alice"
+
+    class NoSubject:
+        subject = 42
+
+    async with open_test_hub(presence=True) as test_hub:
+        test_hub.connect(identity=Grant(), topics=["room"])
+        test_hub.connect(identity=NoSubject(), topics=["room"])
+        await test_hub.assert_present("room", "alice", None)
+
+
 async def test_subscribing_twice_is_one_entry_and_one_join() -> None:
     async with open_test_hub(presence_events=True) as test_hub:
         watcher = test_hub.connect(topics=["room"])

@@ -68,7 +68,8 @@ class PresenceInfo:
             presence: :attr:`Client.id <trio_hub.Client.id>` as a string on one
             node; ``"<node id>.<client id>"`` with a shared store.
         identity: The client's :attr:`~trio_hub.Client.identity` if it is a
-            ``str`` (what ``authenticate`` returned, the token's ``sub``),
+            ``str`` (what ``authenticate`` returned), or its ``subject`` if
+            that is a ``str`` (with connection tokens: the token's ``sub``),
             else ``None``: other objects may not be shown to other clients.
         info: What the application attached at registration
             (:meth:`Hub.register(info=...) <trio_hub.Hub.register>`), at most
@@ -114,8 +115,16 @@ def check_info(info: JSONValue) -> JSONValue:
 
 
 def presence_identity(identity: object) -> str | None:
-    """What presence shows of a client's identity: a ``str`` as is, nothing else."""
-    return identity if isinstance(identity, str) else None
+    """What presence shows of a client's identity.
+
+    A ``str`` as is; an object with a ``str`` attribute ``subject`` (a
+    connection token's grant: the token's ``sub``) by that subject; nothing
+    of anything else.
+    """
+    if isinstance(identity, str):
+        return identity
+    subject = getattr(identity, "subject", None)
+    return subject if isinstance(subject, str) else None
 
 
 def event_message(kind: str, topic: str, entry: PresenceInfo) -> Message:
