@@ -124,6 +124,7 @@ def bench(session: nox.Session) -> None:
     require_system_packages(
         session, "redis-server", "golang-go", "golang-github-gorilla-websocket-dev"
     )
+    """Run the fan-out, scale-out and presence benchmarks; `-- --quick` is CI's smoke test."""
     install_groups(session, "bench", editable=False)
     session.install(".[redis]")  # bench/scaleout.py runs nodes on Redis (needs redis-server)
     args = session.posargs or ["--quick"]
@@ -132,6 +133,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/scaleout.py", *(["--quick"] if "--quick" in args else []))
     # History and recovery: bench/recovery.py --help for its own arguments.
     session.run("python", "bench/recovery.py", *(["--quick"] if "--quick" in args else []))
+    # Presence: CPU per join/leave with many subscribers, one node and over Redis.
+    session.run("python", "bench/presence.py", *(["--quick"] if "--quick" in args else []))
 
 
 @nox.session

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from websockets.sync.client import connect as ws_connect
 
 from .redis_server import RedisServer
@@ -307,4 +307,55 @@ def test_the_page_shows_a_gap_it_cannot_recover(browser: Browser) -> None:
         assert shown_messages(page) == [f"[ticks] {n}" for n in (1, 2, 3, 6)]
     finally:
         server.kill()
+
+
+def presence_of(page: Page, topic: str) -> Locator:
+    return page.locator(f'#presence > li[data-topic="{topic}"]')
+
+
+def test_the_page_shows_who_is_on_each_subscribed_topic(browser: Browser) -> None:
+    errors: list[str] = []
+    with running_server("--presence") as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        first = open_page(browser, url, errors)
+        expect_connected(first)
+        subscribe(first, "news")
+        expect(presence_of(first, "news").locator(".count")).to_have_text("1 here")
+
+        second = open_page(browser, url, errors)
+        expect_connected(second)
+        subscribe(second, "news")
+        subscribe(second, "sport")
+        # The second page asked; the first heard a join.
+        for page in (first, second):
+            expect(presence_of(page, "news").locator(".count")).to_have_text("2 here")
+            expect(presence_of(page, "news").locator(".member")).to_have_count(2)
+        feed_entry(first, "join", "[news] anonymous #")
+        expect(presence_of(second, "sport").locator(".count")).to_have_text("1 here")
+        expect(presence_of(first, "sport")).to_have_count(0)  # not subscribed there
+
+        # Unsubscribing removes the topic from one's own list, and leaves the others'.
+        second.fill("#topic-input", "news")
+        second.click("#unsubscribe")
+        expect(presence_of(second, "news")).to_have_count(0)
+        expect(presence_of(first, "news").locator(".count")).to_have_text("1 here")
+        # Closing the page is a leave too.
+        second.click("#clear-feed")
+        subscribe(second, "news")
+        expect(presence_of(first, "news").locator(".count")).to_have_text("2 here")
+        first.click("#clear-feed")
+        second.close()
+        expect(presence_of(first, "news").locator(".count")).to_have_text("1 here")
+        feed_entry(first, "leave", "[news] anonymous #")
+    assert errors == []
+
+
+def test_the_page_says_when_the_server_does_not_track_presence(browser: Browser) -> None:
+    errors: list[str] = []
+    with running_server() as server:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+        expect_connected(page)
+        subscribe(page, "news")
+        expect(page.locator("#presence-section")).to_have_attribute("data-presence", "off")
+        expect(page.locator('#feed li[data-type="error"]')).to_have_count(0)
     assert errors == []

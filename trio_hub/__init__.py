@@ -32,9 +32,13 @@ from ._hub import open_hub as open_hub
 from ._message import JSONValue as JSONValue
 from ._message import Message as Message
 from ._policy import SlowClientPolicy as SlowClientPolicy
+from ._presence import MAX_PRESENCE_INFO_SIZE as MAX_PRESENCE_INFO_SIZE
+from ._presence import PresenceEvents as PresenceEvents
+from ._presence import PresenceInfo as PresenceInfo
 from ._protocol import MAX_TOPIC_LENGTH as MAX_TOPIC_LENGTH
 from ._protocol import MAX_TOPICS_PER_CLIENT as MAX_TOPICS_PER_CLIENT
 from ._protocol import protocol_handler as protocol_handler
+from ._server import Admission as Admission
 from ._server import Authenticator as Authenticator
 from ._server import HandshakeRejection as HandshakeRejection
 from ._server import HandshakeRequest as HandshakeRequest
@@ -48,8 +52,10 @@ from ._transport import WebSocketTransport as WebSocketTransport
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_PRESENCE_INFO_SIZE",
     "MAX_TOPICS_PER_CLIENT",
     "MAX_TOPIC_LENGTH",
+    "Admission",
     "Authenticator",
     "BroadcastSender",
     "Client",
@@ -77,6 +83,8 @@ __all__ = [
     "MessageEncodeError",
     "MessageError",
     "MessageHandler",
+    "PresenceEvents",
+    "PresenceInfo",
     "Publication",
     "SlowClientPolicy",
     "StreamPosition",

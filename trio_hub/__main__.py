@@ -53,6 +53,7 @@ HISTORY_SIZE: Final = 50
 HISTORY_TTL: Final = 300.0
 HISTORY_TOPICS: Final = 100
 REDIS_START_TIMEOUT: Final = 5.0
+REDIS_PRESENCE_TTL: Final = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,6 +271,17 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
 
+    presence = serve.add_argument_group("presence")
+    presence.add_argument(
+        "--presence",
+        action="store_true",
+        help=(
+            "track who is subscribed to each topic: answer 'presence' requests, and send "
+            "'join' and 'leave' messages to a topic's subscribers; with --redis, shared by "
+            "every node"
+        ),
+    )
+
     # Where messages are shared with other hub processes; _backend() turns
     # these options into a Backend.
     backend = serve.add_argument_group(
@@ -307,6 +319,16 @@ def _parser() -> argparse.ArgumentParser:
         default=REDIS_START_TIMEOUT,
         metavar="SECONDS",
         help="seconds to keep trying to reach Redis at start before exiting with status 1",
+    )
+    backend.add_argument(
+        "--redis-presence-ttl",
+        type=_positive_float,
+        default=REDIS_PRESENCE_TTL,
+        metavar="SECONDS",
+        help=(
+            "with --presence: a node that dies without saying goodbye drops out of presence "
+            "after this many seconds, and its clients' 'leave' messages go out within 4/3 of it"
+        ),
     )
 
     # Per-topic history, so that a client that reconnects (the built-in page
@@ -565,6 +587,7 @@ def _backend(options: argparse.Namespace) -> Backend | None:
             options.redis,
             prefix=options.redis_prefix,
             start_timeout=options.redis_start_timeout,
+            presence_ttl=options.redis_presence_ttl,
         )
     except ValueError as exc:
         raise _StartError(f"--redis: {exc}") from None
@@ -598,6 +621,7 @@ async def _serve(options: argparse.Namespace) -> int:
                 history_size=options.history_size or None,
                 history_ttl=options.history_ttl if options.history_size else None,
                 max_history_topics=options.history_topics,
+                presence_events=options.presence,
             ) as hub:
                 if backend is not None:
                     logger.info("sharing messages with other nodes through %r", backend)

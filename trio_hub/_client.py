@@ -12,7 +12,7 @@ import trio
 
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, MessageDecodeError, TransportClosed
-from ._message import Message
+from ._message import JSONValue, Message
 from ._policy import SlowClientPolicy
 from ._statistics import ClientStatistics
 from ._util import NoPublicConstructor
@@ -74,6 +74,7 @@ class Client(metaclass=NoPublicConstructor):
         "_hub",
         "_id",
         "_identity",
+        "_info",
         "_nursery",
         "_on_message",
         "_pinging",
@@ -90,6 +91,7 @@ class Client(metaclass=NoPublicConstructor):
         transport: Transport,
         *,
         identity: object,
+        info: JSONValue = None,
         on_message: MessageHandler | None,
     ) -> None:
         config = hub._config
@@ -97,6 +99,7 @@ class Client(metaclass=NoPublicConstructor):
         self._config = config
         self._transport = transport
         self._identity = identity
+        self._info = info
         self._on_message = on_message
         self._id = next(_client_ids)
         # Messages accepted and not yet handed to the transport, oldest first.
@@ -147,6 +150,14 @@ class Client(metaclass=NoPublicConstructor):
     def identity(self) -> object:
         """What the application attached at registration (for example a user id)."""
         return self._identity
+
+    @property
+    def info(self) -> JSONValue:
+        """The small JSON attached at registration for presence, or ``None``.
+
+        .. versionadded:: 0.2
+        """
+        return self._info
 
     @property
     def transport(self) -> Transport:

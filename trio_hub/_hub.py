@@ -25,8 +25,9 @@ from ._history import (
     SharedHistory,
     StreamPosition,
 )
-from ._message import Message
+from ._message import JSONValue, Message
 from ._policy import SlowClientPolicy
+from ._presence import PresenceEvents, PresenceInfo, _PresenceTracker, check_info
 from ._statistics import HubStatistics
 from ._transport import Transport, WebSocketTransport, can_ping
 from ._util import NoPublicConstructor
@@ -90,6 +91,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_ping_departed",
         "_ping_queue",
         "_ping_wakeup",
+        "_presence",
         "_registrations",
         "_topics",
     )
@@ -139,6 +141,8 @@ class Hub(metaclass=NoPublicConstructor):
         self._discarded = 0
         self._errors = 0
         self._registrations = 0
+        # Set by open_hub(presence=True): see _presence.py.
+        self._presence: _PresenceTracker | None = None
 
     # ---------------------------------------------------------- registration
 
@@ -161,6 +165,7 @@ class Hub(metaclass=NoPublicConstructor):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
     ) -> Client:
         """Register a connection and start its tasks in the hub's nursery.
@@ -179,7 +184,11 @@ class Hub(metaclass=NoPublicConstructor):
                 or any :class:`Transport`.
             topics: Topics to subscribe the client to at once.
             identity: Anything the application wants to attach to the client,
-                available as :attr:`Client.identity`.
+                available as :attr:`Client.identity`. Presence shows it to other
+                clients if it is a ``str``.
+            info: Small JSON the application attaches for presence (a display
+                name, a colour), at most :data:`MAX_PRESENCE_INFO_SIZE` bytes;
+                available as :attr:`Client.info`.
             on_message: Handler for this client's inbound messages; overrides
                 the hub's ``on_message``.
 
@@ -190,9 +199,13 @@ class Hub(metaclass=NoPublicConstructor):
             HubClosedError: if :meth:`aclose` has started.
             TypeError: if ``connection`` is neither a trio-websocket connection
                 nor a :class:`Transport`.
+            ValueError: if ``info`` is not JSON or too large.
+
+        .. versionchanged:: 0.2
+           The ``info`` argument.
         """
         client = self._add_client(
-            connection, topics=topics, identity=identity, on_message=on_message
+            connection, topics=topics, identity=identity, info=info, on_message=on_message
         )
         self._nursery.start_soon(client._run, name=f"trio_hub client #{client.id}")
         return client
@@ -203,6 +216,7 @@ class Hub(metaclass=NoPublicConstructor):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
     ) -> Client:
         # Register without starting the client's task: the caller runs
@@ -224,6 +238,7 @@ class Hub(metaclass=NoPublicConstructor):
             self,
             transport,
             identity=identity,
+            info=check_info(info),
             on_message=on_message if on_message is not None else self._config.on_message,
         )
         self._clients[client] = None
@@ -245,6 +260,7 @@ class Hub(metaclass=NoPublicConstructor):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
     ) -> Client:
         """Register a connection, and return once the client has left.
@@ -257,6 +273,7 @@ class Hub(metaclass=NoPublicConstructor):
             connection: As for :meth:`register`.
             topics: As for :meth:`register`.
             identity: As for :meth:`register`.
+            info: As for :meth:`register`.
             on_message: As for :meth:`register`.
 
         Returns:
@@ -265,7 +282,9 @@ class Hub(metaclass=NoPublicConstructor):
         Raises:
             HubClosedError: if :meth:`aclose` has started.
         """
-        client = self.register(connection, topics=topics, identity=identity, on_message=on_message)
+        client = self.register(
+            connection, topics=topics, identity=identity, info=info, on_message=on_message
+        )
         try:
             await client.wait_closed()
         finally:
@@ -306,6 +325,16 @@ class Hub(metaclass=NoPublicConstructor):
             subscribers = self._topics[topic] = {}
             if self._backend is not None:
                 self._backend.subscribe(topic)
+        elif client in subscribers:
+            return
+        if self._presence is not None:
+            self._presence.joining(topic, client)
+            # The join may have evicted the topic's last other subscriber,
+            # which removed the topic.
+            if self._topics.get(topic) is not subscribers:
+                subscribers = self._topics[topic] = {}
+                if self._backend is not None:
+                    self._backend.subscribe(topic)
         subscribers[client] = None
         client._topics.add(topic)
 
@@ -315,7 +344,10 @@ class Hub(metaclass=NoPublicConstructor):
             return
         del subscribers[client]
         client._topics.discard(topic)
-        if not subscribers:
+        if self._presence is not None:
+            self._presence.left(topic, client)
+        # (The leave may have evicted the last subscriber, and removed the topic.)
+        if not subscribers and self._topics.get(topic) is subscribers:
             del self._topics[topic]
             if self._backend is not None and not (
                 self._history is not None and self._history.buffered(topic)
@@ -353,6 +385,52 @@ class Hub(metaclass=NoPublicConstructor):
     def topics(self) -> frozenset[str]:
         """The topics that have at least one subscriber now."""
         return frozenset(self._topics)
+
+    # -------------------------------------------------------------- presence
+
+    async def presence(self, topic: str) -> list[PresenceInfo]:
+        """Who is subscribed to ``topic`` now, on every node: one entry per connection.
+
+        This node's entries come first, in the order they subscribed. With a
+        backend that shares presence (:class:`~trio_hub.backends.redis.RedisBackend`),
+        the other nodes' follow, read from the backend; a node that died
+        without saying goodbye drops out within the backend's documented bound.
+        See :doc:`/howto/presence`.
+
+        Raises:
+            RuntimeError: if the hub was not opened with ``presence=True``.
+            ValueError: if ``topic`` is not a non-empty ``str``.
+            BackendUnavailableError: if the shared presence cannot be read now.
+
+        .. versionadded:: 0.2
+        """
+        _check_topic(topic)
+        return await self._require_presence().presence(topic)
+
+    def local_presence(self, topic: str) -> list[PresenceInfo]:
+        """This node's part of :meth:`presence`, without waiting.
+
+        Raises:
+            RuntimeError: if the hub was not opened with ``presence=True``.
+            ValueError: if ``topic`` is not a non-empty ``str``.
+
+        .. versionadded:: 0.2
+        """
+        _check_topic(topic)
+        return self._require_presence().local(topic)
+
+    @property
+    def presence_enabled(self) -> bool:
+        """Whether the hub tracks presence (``open_hub(presence=True)``).
+
+        .. versionadded:: 0.2
+        """
+        return self._presence is not None
+
+    def _require_presence(self) -> _PresenceTracker:
+        if self._presence is None:
+            raise RuntimeError("presence is not tracked: open the hub with presence=True")
+        return self._presence
 
     # ------------------------------------------------------------ messaging
 
@@ -593,6 +671,10 @@ class Hub(metaclass=NoPublicConstructor):
             discarded=self._discarded,
             errors=self._errors,
             registrations=self._registrations,
+            presence_entries=self._presence.entry_count() if self._presence else 0,
+            presence_joins=self._presence.joins if self._presence else 0,
+            presence_leaves=self._presence.leaves if self._presence else 0,
+            presence_expirations=self._presence.expirations if self._presence else 0,
             backend=(
                 self._backend.statistics()
                 if self._backend is not None
@@ -644,6 +726,9 @@ class Hub(metaclass=NoPublicConstructor):
             for client in list(self._clients):
                 client.close(CloseCode.GOING_AWAY, "hub shutting down")
             await self._all_finished.wait()
+        if self._presence is not None:
+            # Goodbye to the other nodes (bounded by the backend's timeouts).
+            await self._presence.aclose()
         # Last, once no client can publish any more: disconnect from the backend.
         self._backend_scope.cancel()
         self._closed.set()
@@ -706,6 +791,8 @@ async def open_hub(
     history_ttl: float | None = None,
     history: Callable[[str], HistoryPolicy | None] | None = None,
     max_history_topics: int = 10_000,
+    presence: bool = False,
+    presence_events: PresenceEvents = False,
 ) -> AsyncIterator[Hub]:
     """Open a hub that owns a nursery for its clients' tasks.
 
@@ -741,10 +828,17 @@ async def open_hub(
         max_history_topics: The most topics whose history this process keeps
             in memory; past it, the topic that published least recently loses
             its history (its epoch changes). Not used with a shared history.
+        presence: Track who is subscribed to each topic, for
+            :meth:`Hub.presence`; shared by every node if the backend supports
+            it (see :doc:`/howto/presence`).
+        presence_events: Send ``join`` and ``leave`` messages to a topic's
+            subscribers when a connection subscribes or leaves: ``True`` for
+            every topic, or a predicate that takes the topic. ``True`` or a
+            predicate implies ``presence=True``.
 
     .. versionchanged:: 0.2
-       The ``history_size``, ``history_ttl``, ``history`` and
-       ``max_history_topics`` arguments.
+       The ``history_size``, ``history_ttl``, ``history``,
+       ``max_history_topics``, ``presence`` and ``presence_events`` arguments.
 
     Yields:
         The open hub.
@@ -769,6 +863,8 @@ async def open_hub(
     try:
         async with trio.open_nursery() as nursery:
             hub = Hub._create(nursery, config, backend if backend is not None else MemoryBackend())
+            if presence or presence_events is not False:
+                _enable_presence(hub, presence_events)
             if hub._backend is not None:
                 await nursery.start(hub._run_backend)
             if config.ping_interval is not None:
@@ -805,6 +901,16 @@ def _history_policy(
         return None
     policy = HistoryPolicy(size, ttl)
     return lambda topic: policy
+
+
+def _enable_presence(hub: Hub, events: PresenceEvents) -> None:
+    tracker = _PresenceTracker(hub, events)
+    # A backend shares presence if it can open a store for it (duck-typed, so
+    # that the Backend protocol stays as it is for backends without presence).
+    open_presence = getattr(hub._backend, "open_presence", None)
+    if open_presence is not None:
+        tracker.attach(open_presence(tracker))
+    hub._presence = tracker
 
 
 def _reraise(exc: BaseException) -> NoReturn:

@@ -17,6 +17,7 @@ from ._auth import Grant, InvalidTokenError
 from ._errors import HubClosedError
 from ._history import HistoryResult, HistoryUnavailableError, StreamPosition
 from ._message import JSONValue, Message, _json_kind
+from .backends._base import BackendUnavailableError
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -106,6 +107,19 @@ async def protocol_handler(client: Client, message: Message) -> None:
       ``message`` ``{"topic": T, "data": X}`` (with ``"offset": N`` on a
       topic with history); then the sender gets
       ``publishResult`` ``{"topic": T, "listenerCount": N}``.
+    * ``presence`` with ``{"topic": T}``, for a topic the sender is subscribed
+      to, on a hub that tracks presence: the sender gets ``presence``
+      ``{"topic": T, "clients": [E, ...]}``, one entry per connection on every
+      node, the sender's own included. Each entry ``E`` is
+      ``{"id": "<client id>", "identity": "<str>" | null, "info": <JSON> | null}``
+      (:meth:`PresenceInfo.to_json <trio_hub.PresenceInfo.to_json>`).
+
+    When the hub sends presence events (``open_hub(presence_events=...)``, the
+    server's ``--presence``), each subscriber of T also gets ``join``
+    ``{"topic": T, "client": E}`` when another connection subscribes to T, and
+    ``leave`` ``{"topic": T, "client": E}`` when one unsubscribes, disconnects,
+    or its node dies (within the backend's bound). A connection gets neither
+    for itself: it has its ``subscribed``/``unsubscribed`` reply.
 
     A topic is a non-empty string of at most :data:`MAX_TOPIC_LENGTH`
     characters, and one client may hold at most :data:`MAX_TOPICS_PER_CLIENT`
@@ -132,11 +146,15 @@ async def protocol_handler(client: Client, message: Message) -> None:
         type needs: not an object, a missing, empty, non-string or too long
         topic, an unknown field, or a malformed ``recover``), ``limit_exceeded``
         (one ``subscribe`` too many), ``forbidden`` (see above), ``invalid_token``
-        (a ``refresh`` whose token is refused) or ``history_unavailable`` (a
+        (a ``refresh`` whose token is refused), ``history_unavailable`` (a
         ``subscribe`` on a topic with history while the shared history is
-        unreachable; the client is not subscribed). The hub itself answers
-        frames that are not JSON (``invalid_json``) or not an envelope
-        (``invalid_envelope``) before any handler sees them.
+        unreachable; the client is not subscribed), ``not_subscribed``
+        (``presence`` for a topic the sender is not subscribed to),
+        ``presence_disabled`` (``presence`` on a hub that does not track it) or
+        ``unavailable`` (the shared presence cannot be read now, during a
+        backend outage). The hub itself answers frames that are not JSON
+        (``invalid_json``) or not an envelope (``invalid_envelope``) before any
+        handler sees them.
 
     It never waits: each reply, broadcast and publication is queued at once,
     so a slow client only ever slows itself.
@@ -145,6 +163,15 @@ async def protocol_handler(client: Client, message: Message) -> None:
         client: The client that sent ``message``.
         message: The decoded message.
     """
+    if message.type == "presence":
+        # The one request that may wait: with a shared store it reads Redis.
+        try:
+            await _presence(client, message.payload)
+        except _ProtocolError as exc:
+            _reply_error(client, exc.code, exc.detail)
+        except HubClosedError:
+            return
+        return
     action = _ACTIONS.get(message.type)
     if action is None:
         _reply_error(
@@ -291,6 +318,28 @@ def _publish(client: Client, payload: JSONValue) -> None:
     client.send(Message._trusted("publishResult", {"topic": topic, "listenerCount": count}, None))
 
 
+async def _presence(client: Client, payload: JSONValue) -> None:
+    topic = _topic_of("presence", payload, _TOPIC_ONLY)
+    hub = client.hub
+    if not hub.presence_enabled:
+        raise _ProtocolError("presence_disabled", "this hub does not track presence")
+    # Presence follows the right to subscribe: whoever may not hear a topic
+    # may not see who is on it either.
+    if topic not in client.topics:
+        raise _ProtocolError("not_subscribed", f"subscribe to {topic!r} before asking who is on it")
+    try:
+        entries = await hub.presence(topic)
+    except BackendUnavailableError as exc:
+        raise _ProtocolError("unavailable", f"presence cannot be read now: {exc}") from None
+    if client.closed:
+        return
+    client.send(
+        Message._trusted(
+            "presence", {"topic": topic, "clients": [entry.to_json() for entry in entries]}, None
+        )
+    )
+
+
 def _refresh(client: Client, payload: JSONValue) -> None:
     if not isinstance(payload, Mapping) or payload.keys() != {"token"}:
         raise _ProtocolError(
@@ -361,7 +410,7 @@ _ACTIONS: Final[Mapping[str, _Action]] = {
     "publish": _publish,
     "refresh": _refresh,
 }
-_KNOWN_TYPES: Final = ", ".join(repr(name) for name in _ACTIONS)
+_KNOWN_TYPES: Final = ", ".join(repr(name) for name in [*_ACTIONS, "presence"])
 _TOPIC_ONLY: Final = ("topic",)
 _SUBSCRIBE_FIELDS: Final = ("topic", "recover")
 _TOPIC_AND_DATA: Final = ("topic", "data")

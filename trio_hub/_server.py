@@ -22,6 +22,7 @@ from ._connection import ServerConnection, handshake_response
 from ._errors import HubClosedError, HubError
 from ._http import METRICS_MODES, HTTPSide, serve_request
 from ._hub import Hub
+from ._message import JSONValue
 from ._stream import HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = [
+    "Admission",
     "Authenticator",
     "HandshakeRejection",
     "HandshakeRequest",
@@ -82,6 +84,24 @@ class HandshakeRequest:
 
 Authenticator = Callable[[HandshakeRequest], Awaitable[object]]
 """An async callable that returns the client's identity or raises :class:`HandshakeRejection`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Return one from an ``authenticate`` hook to attach presence ``info`` too.
+
+    Any other return value is the client's identity alone.
+
+    Attributes:
+        identity: The client's :attr:`Client.identity`.
+        info: Its :attr:`Client.info`: small JSON shown in presence, at most
+            :data:`MAX_PRESENCE_INFO_SIZE` bytes.
+
+    .. versionadded:: 0.2
+    """
+
+    identity: object
+    info: JSONValue = None
 
 
 def default_index_html() -> bytes:
@@ -505,8 +525,17 @@ async def _upgrade(
     connection = ServerConnection(
         stream, writer, max_message_size=policy.max_message_size, initial=initial
     )
+    info: JSONValue = None
+    if isinstance(identity, Admission):
+        admission = identity
+        identity, info = admission.identity, admission.info
     try:
-        client = policy.hub._add_client(connection, identity=identity)
+        client = policy.hub._add_client(connection, identity=identity, info=info)
+    except ValueError:
+        logger.exception("%s: the authenticate hook returned unusable info", _show(remote))
+        with trio.move_on_after(_RESPONSE_TIMEOUT):
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return None
     except HubClosedError:
         with trio.move_on_after(_RESPONSE_TIMEOUT):
             await connection.close(CloseCode.GOING_AWAY, "shutting down")

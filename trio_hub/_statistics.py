@@ -55,8 +55,15 @@ class HubStatistics:
             epoch), and closed the topic's clients with 4003 so that they
             recover.
 
+        presence_entries: This node's presence entries now (one per connection
+            and topic); 0 unless the hub tracks presence.
+        presence_joins: Entries this node has added (subscriptions begun).
+        presence_leaves: Entries this node has removed (subscriptions ended).
+        presence_expirations: Other nodes' entries that this node saw expire
+            because their node stopped answering (see :doc:`/howto/presence`).
+
     .. versionchanged:: 0.2
-       The ``history_*`` and ``recover*`` fields.
+       The ``history_*``, ``recover*`` and ``presence_*`` fields.
     """
 
     clients: int
@@ -81,6 +88,10 @@ class HubStatistics:
     history_errors: int
     history_local_only: int
     history_gaps: int
+    presence_entries: int = 0
+    presence_joins: int = 0
+    presence_leaves: int = 0
+    presence_expirations: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypedDict, Unpack, final
+from unittest.mock import ANY
 
 import trio
 
@@ -39,13 +40,15 @@ from ._closecodes import CloseCode
 from ._errors import TransportClosed
 from ._history import HistoryResult, StreamPosition
 from ._hub import Hub, open_hub
-from ._message import Message
+from ._message import JSONValue, Message
+from ._presence import PresenceInfo
 
 if TYPE_CHECKING:
     from ._client import Client
     from ._config import MessageHandler
     from ._history import HistoryPolicyFunction
     from ._policy import SlowClientPolicy
+    from ._presence import PresenceEvents
     from .backends import Backend
 
 __all__ = [
@@ -87,6 +90,8 @@ class HubSettings(TypedDict, total=False):
     history_ttl: float | None
     history: HistoryPolicyFunction | None
     max_history_topics: int
+    presence: bool
+    presence_events: PresenceEvents
 
 
 class HubClientFactory(Protocol):
@@ -113,6 +118,7 @@ class HubClientFactory(Protocol):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
         wire_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
     ) -> MemoryClient:
@@ -351,6 +357,15 @@ def _matches(message: Message, type: str, payload: object) -> bool:
 def _format(type: str, payload: object) -> str:
     # The same spelling as Message.__repr__, so expected and received line up.
     return f"Message({type!r}, {payload!r})"
+
+
+def _identities(entries: Iterable[PresenceInfo]) -> list[str | None]:
+    """The identities of presence entries, one per entry."""
+    return [entry.identity for entry in entries]
+
+
+def _identity_key(identity: str | None) -> tuple[bool, str]:
+    return (identity is not None, identity or "")
 
 
 def _describe_close(code: int, reason: str) -> str:
@@ -780,6 +795,54 @@ class MemoryClient:
             )
         return got
 
+    async def expect_join(
+        self,
+        topic: str,
+        *,
+        identity: object = ANY,
+        info: object = ANY,
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> PresenceInfo:
+        """Assert that the next message is a ``join`` on ``topic``.
+
+        Args:
+            topic: The topic.
+            identity: The identity expected in the entry; any by default.
+            info: The info expected in the entry; any by default.
+            timeout: Seconds to wait.
+
+        Returns:
+            The entry of the connection that joined.
+
+        Raises:
+            AssertionError: as :meth:`expect`.
+
+        .. versionadded:: 0.2
+        """
+        return await self._expect_presence_event("join", topic, identity, info, timeout)
+
+    async def expect_leave(
+        self,
+        topic: str,
+        *,
+        identity: object = ANY,
+        info: object = ANY,
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> PresenceInfo:
+        """Assert that the next message is a ``leave`` on ``topic``; see :meth:`expect_join`.
+
+        .. versionadded:: 0.2
+        """
+        return await self._expect_presence_event("leave", topic, identity, info, timeout)
+
+    async def _expect_presence_event(
+        self, kind: str, topic: str, identity: object, info: object, timeout: float
+    ) -> PresenceInfo:
+        wanted = {"topic": topic, "client": {"id": ANY, "identity": identity, "info": info}}
+        message = await self.expect(kind, wanted, timeout=timeout)
+        assert isinstance(message.payload, dict)
+        return PresenceInfo._from_json(message.payload["client"])
+
     async def expect_closed(
         self, code: int | None = None, *, timeout: float = _DEFAULT_TIMEOUT
     ) -> int:
@@ -931,6 +994,7 @@ class TestHub:
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
         wire_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
     ) -> MemoryClient:
@@ -942,6 +1006,7 @@ class TestHub:
         Args:
             topics: Topics to subscribe the client to, as for :meth:`~trio_hub.Hub.register`.
             identity: As for :meth:`~trio_hub.Hub.register`.
+            info: Presence info, as for :meth:`~trio_hub.Hub.register`.
             on_message: A handler for this client's messages, overriding the
                 hub's, as for :meth:`~trio_hub.Hub.register`.
             wire_capacity: Frames the connection buffers before the hub's
@@ -959,7 +1024,7 @@ class TestHub:
         """
         transport, peer = memory_connection(wire_capacity=wire_capacity)
         client = self._hub.register(
-            transport, topics=topics, identity=identity, on_message=on_message
+            transport, topics=topics, identity=identity, info=info, on_message=on_message
         )
         peer._link.server_side = client
         peer._link.test_hub = self
@@ -982,6 +1047,39 @@ class TestHub:
             since if result.recovered and since is not None else result.position
         )
         return result
+
+    async def assert_present(self, topic: str, *identities: str | None) -> list[PresenceInfo]:
+        """Assert who is on ``topic``: exactly these identities, one per connection.
+
+        The order does not matter; an identity with two connections is listed
+        twice. Needs a hub opened with ``presence=True`` (or ``presence_events``).
+
+        Example::
+
+            >>> import trio
+            >>> from trio_hub.testing import open_test_hub
+            >>> async def main() -> None:
+            ...     async with open_test_hub(presence_events=True) as test_hub:
+            ...         alice = test_hub.connect(identity="alice", topics=["room"])
+            ...         test_hub.connect(identity="bob", info={"name": "Bob"}, topics=["room"])
+            ...         await alice.expect_join("room", identity="bob", info={"name": "Bob"})
+            ...         await test_hub.assert_present("room", "alice", "bob")
+            >>> trio.run(main)
+
+        Returns:
+            The entries, as :meth:`~trio_hub.Hub.presence` returned them.
+
+        Raises:
+            AssertionError: showing who is there, if it differs.
+        """
+        entries = await self._hub.presence(topic)
+        present = sorted(_identities(entries), key=_identity_key)
+        expected = sorted(identities, key=_identity_key)
+        if present != expected:
+            raise AssertionError(
+                f"expected on {topic!r}: {expected!r}\n  present: {present!r} ({entries!r})"
+            )
+        return entries
 
     def __repr__(self) -> str:
         return f"<TestHub {self._hub!r}>"
