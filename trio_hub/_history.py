@@ -640,7 +640,14 @@ class HubHistory:
             self._release(topic)
             return result
         self._send(client, announce, result, [message for _, _, message in later])
-        if delivered is None or (delivered[0] == position.epoch and delivered[1] < position.offset):
+        if delivered is None:
+            # This node has delivered nothing on the topic yet: its live stream
+            # may still bring what the read saw, unless the read saw nothing
+            # (a new topic), when every live publication comes after it.
+            lagging = position.offset > 0
+        else:
+            lagging = delivered[0] == position.epoch and delivered[1] < position.offset
+        if lagging:
             recovering.floor = position
             recovering.pending = []
         else:
