@@ -31,6 +31,7 @@ from ._server import HandshakeRequest as HandshakeRequest
 from ._server import HubServer as HubServer
 from ._server import serve_hub as serve_hub
 from ._statistics import ClientStatistics as ClientStatistics
+from ._statistics import CompressionStatistics as CompressionStatistics
 from ._statistics import HubStatistics as HubStatistics
 from ._transport import Transport as Transport
 from ._transport import WebSocketTransport as WebSocketTransport
@@ -45,6 +46,7 @@ __all__ = [
     "Client",
     "ClientStatistics",
     "CloseCode",
+    "CompressionStatistics",
     "HandshakeRejection",
     "HandshakeRequest",
     "Hub",

@@ -13,8 +13,8 @@ Three parts, each independent of the connection engine:
   cached on the message next to its plain frame. Messages under
   :data:`COMPRESSION_THRESHOLD` bytes, and messages that do not shrink, share
   the plain frame (RSV1 clear) instead.
-* **Inbound** (:class:`Inflater`, and :class:`BoundedPerMessageDeflate` for a
-  wsproto connection): decompression with a hard bound on the decompressed
+* **Inbound** (:class:`Inflater`, and :class:`DeflateExtension` for the
+  served connection's engine): decompression with a hard bound on the decompressed
   size of each message, so that a compression bomb costs at most
   ``max_message_size`` bytes of memory and the CPU to produce them, then a
   1009 close.
@@ -22,12 +22,14 @@ Three parts, each independent of the connection engine:
 Why one shared compressor is correct: after ``flush(Z_FULL_FLUSH)`` zlib
 forgets its LZ77 window (it clears the hash table), so the bytes it emits for
 the next message never refer to earlier ones, and are exactly the bytes a fresh
-compressor would emit (a test checks this). A fresh ``zlib.compressobj`` costs
-~40 us to allocate and clear; the shared one costs nothing per message.
+compressor would emit (a test checks this). A fresh ``zlib.compressobj``
+allocates ~256 KiB and clears it: 5 to 40 us depending on the allocator's
+state (``bench/bench_compression.py``); the shared one costs none of that.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 import zlib
@@ -35,19 +37,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, final
 
-from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from websockets.exceptions import PayloadTooBig as WsPayloadTooBig
+from websockets.exceptions import ProtocolError as WsProtocolError
+from websockets.extensions.base import Extension as WsExtension
+from websockets.frames import CTRL_OPCODES as WS_CTRL_OPCODES
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode as WsOpcode
+from websockets.typing import ExtensionName as WsExtensionName
 
 from ._closecodes import CloseCode
 from ._message import Message
+from ._statistics import CompressionStatistics
 from ._stream import text_frame
 
 __all__ = [
     "COMPRESSION_LEVEL",
     "COMPRESSION_THRESHOLD",
-    "BoundedPerMessageDeflate",
     "CompressionCounters",
-    "CompressionStatistics",
+    "DeflateExtension",
     "DeflateParameters",
     "InflateError",
     "Inflater",
@@ -61,21 +68,23 @@ EXTENSION_NAME: Final = "permessage-deflate"
 COMPRESSION_THRESHOLD: Final = 128
 """Messages whose encoded size is under this many bytes are sent uncompressed.
 
-Chosen by measurement (``bench/bench_compression.py``): under ~128 bytes JSON
-envelopes shrink by less than a tenth (often by nothing, as the type and
-keys appear once), while each compressed message still costs its receiver an
-inflate; from 128 bytes up they shrink by 20-40 %, and by 3-4x from 1 KiB.
+Chosen by measurement (``bench/bench_compression.py``, zlib 1.2.13): JSON
+envelopes of 64 bytes shrink by 0-3 bytes, of 100 bytes by 8-12, of 128 bytes
+by ~22 (17 %), of 256 bytes by 80-100 (30-38 %). Under 128 bytes the saving is
+a few percent of the packet once TCP/IP headers count, and costs 400-1500 us
+of compression CPU per KiB saved (60 us at 256 bytes), plus an inflate for
+every receiver.
 """
 
 COMPRESSION_LEVEL: Final = 1
 """The zlib level of the shared compressor.
 
-Chosen by measurement (``bench/bench_compression.py``): on JSON of 100 B to
-16 KiB, level 1 is within a few percent of level 6's size up to 1 KiB and
-~20 % larger at 16 KiB, at a half to a quarter of the CPU. Each message is
-compressed once however many clients it reaches, so the level barely shows
-in the CPU per delivery; the one-to-one frames (echo replies, ``broadcastResult``)
-pay it in full.
+Chosen by measurement (``bench/bench_compression.py``): up to 1 KiB, level 1
+output is within 6 % of level 6's; at 4 KiB ~11 % larger and at 16 KiB ~20 %
+larger, for a quarter to a third of level 6's CPU (16 KiB of chat JSON: ~90 us
+against ~340 us). A broadcast pays it once, however many clients, but it is
+paid inside the synchronous ``broadcast()`` call, and one-to-one frames (echo
+replies, ``broadcastResult``) pay it in full.
 """
 
 # memLevel 8 (zlib's default): a smaller one saves nothing for a compressor
@@ -87,51 +96,13 @@ _TAIL: Final = b"\x00\x00\xff\xff"
 
 _FIN_RSV1_TEXT: Final = 0xC1
 
+_PROTOCOL_ERROR: Final = 1002
+
 _MIN_WINDOW_BITS: Final = 8
 _MAX_WINDOW_BITS: Final = 15
 
 
 # ------------------------------------------------------------------ statistics
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CompressionStatistics:
-    """Counters of permessage-deflate, in :attr:`HubStatistics.compression`.
-
-    Sizes are whole frames (header included), as they go on the wire.
-    Outbound messages are counted once each, when their compressed frame is
-    built (however many clients it then reaches); deliveries are counted per
-    client, when a compressed frame is handed to the connection.
-
-    Attributes:
-        messages_compressed: Messages whose compressed frame was built.
-        messages_uncompressed: Messages sent to compressing clients as plain
-            frames: under :data:`COMPRESSION_THRESHOLD`, or not smaller
-            compressed (each counted once).
-        bytes_before: Plain frame sizes of the compressed messages.
-        bytes_after: Their compressed frame sizes.
-        deliveries_compressed: Compressed frames handed to connections.
-        delivered_bytes_before: What those deliveries would have been as
-            plain frames.
-        delivered_bytes_after: What they were.
-        inbound_messages: Compressed messages received from clients.
-        inbound_bytes_before: Their compressed payload sizes.
-        inbound_bytes_after: Their decompressed sizes.
-
-    .. versionadded:: 0.2
-    """
-
-    messages_compressed: int = 0
-    messages_uncompressed: int = 0
-    bytes_before: int = 0
-    bytes_after: int = 0
-    deliveries_compressed: int = 0
-    delivered_bytes_before: int = 0
-    delivered_bytes_after: int = 0
-    inbound_messages: int = 0
-    inbound_bytes_before: int = 0
-    inbound_bytes_after: int = 0
 
 
 @final
@@ -535,12 +506,12 @@ class InflateError(Exception):
 
     Attributes:
         code: The close code: :attr:`CloseCode.MESSAGE_TOO_BIG` (1009) when
-            the message decompresses to more than the limit,
-            :attr:`CloseCode.INVALID_PAYLOAD` (1007) when it is not valid
-            deflate data.
+            the message decompresses to more than the limit, 1002 (protocol
+            error, as the websockets and wsproto engines say) when it is not
+            valid deflate data.
     """
 
-    def __init__(self, code: CloseCode, reason: str) -> None:
+    def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
@@ -606,6 +577,11 @@ class Inflater:
         )
 
     @property
+    def max_message_size(self) -> int:
+        """The largest decompressed message."""
+        return self._max_message_size
+
+    @property
     def holds_context(self) -> bool:
         """Whether a decompressor is kept between messages now."""
         return self._decompressor is not None
@@ -614,7 +590,7 @@ class Inflater:
         """Decompress the next piece of the current message.
 
         Raises:
-            InflateError: over the limit (1009) or not deflate data (1007).
+            InflateError: over the limit (1009) or not deflate data (1002).
         """
         decompressor = self._decompressor
         if decompressor is None:
@@ -626,7 +602,7 @@ class Inflater:
         """End the current message: the last of its output.
 
         Raises:
-            InflateError: over the limit (1009) or not deflate data (1007).
+            InflateError: over the limit (1009) or not deflate data (1002).
         """
         decompressor = self._decompressor
         if decompressor is None:
@@ -657,9 +633,7 @@ class Inflater:
             out = decompressor.decompress(data, self._remaining + 1)
         except zlib.error as exc:
             self._fail()
-            raise InflateError(
-                CloseCode.INVALID_PAYLOAD, f"invalid compressed data: {exc}"
-            ) from None
+            raise InflateError(_PROTOCOL_ERROR, f"invalid compressed data: {exc}") from None
         self._remaining -= len(out)
         if self._remaining < 0:
             self._fail()
@@ -677,26 +651,29 @@ class Inflater:
 
 
 @final
-class BoundedPerMessageDeflate(PerMessageDeflate):
-    """wsproto's permessage-deflate, with a bound on each decompressed message.
+class DeflateExtension(WsExtension):
+    """permessage-deflate for the served connection's engine (websockets' sans-I/O).
 
-    wsproto's own :class:`wsproto.extensions.PerMessageDeflate` calls
-    ``decompress(data)`` without ``max_length``: a 64 KiB read of a bomb
-    inflates to ~64 MiB in one call, before the application can look at a
-    size. This subclass inflates through an :class:`Inflater`, so a message
-    over ``max_message_size`` ends the connection with 1009 (wsproto yields
-    ``CloseConnection(code=1009)``) after producing at most that many bytes.
-    It is created already enabled, from parameters that the server's own
-    handshake negotiated (:func:`negotiate_deflate`). Outbound, it compresses
-    each message on its own with the shared compressor (the server always
-    says ``server_no_context_takeover``); the hub's broadcast frames bypass
-    it and use :meth:`DeflateParameters.frame`.
+    Inbound, it inflates each compressed message through an :class:`Inflater`
+    bounded by the limit the engine passes (what is left of
+    ``max_message_size`` for the message): over it, the engine closes with
+    1009; invalid deflate data, a compressed continuation frame or a compressed
+    control frame close with 1002. Outbound, the hub's message frames never pass
+    through the engine (they are :meth:`DeflateParameters.frame`); anything
+    else that does is compressed on its own, as ``server_no_context_takeover``
+    promises.
+
+    websockets' own :class:`~websockets.extensions.permessage_deflate.PerMessageDeflate`
+    bounds its output too (``decompress(data, max_length)``); this one adds
+    the hub's statistics, the exact limit, and the shared compressor.
 
     Args:
-        parameters: The agreed parameters.
+        parameters: What the handshake agreed.
         max_message_size: The largest decompressed inbound message.
         counters: Where to count inbound bytes, if anywhere.
     """
+
+    name = WsExtensionName(EXTENSION_NAME)
 
     def __init__(
         self,
@@ -704,86 +681,58 @@ class BoundedPerMessageDeflate(PerMessageDeflate):
         max_message_size: int,
         counters: CompressionCounters | None = None,
     ) -> None:
-        super().__init__(
-            client_no_context_takeover=parameters.client_no_context_takeover,
-            client_max_window_bits=parameters.inflate_window_bits,
-            server_no_context_takeover=True,
-        )
         self.parameters = parameters
         self._inflater = Inflater.for_parameters(parameters, max_message_size, counters)
-        self._message_compressed: bool | None = None
-        self._frame_is_data = False
+        # Whether the continuation frames of the current message are compressed.
+        self._inflating = False
         self._fragment_compressor: zlib._Compress | None = None
-        self._enabled = True
 
-    def finalize(self, offer: str) -> None:  # pragma: no cover  (server side only)
-        raise NotImplementedError("BoundedPerMessageDeflate is for servers only")
-
-    def frame_inbound_header(
-        self,
-        proto: FrameDecoder | FrameProtocol,
-        opcode: Opcode,
-        rsv: RsvBits,
-        payload_length: int,
-    ) -> CloseReason | RsvBits:
-        if rsv.rsv1 and (opcode.iscontrol() or opcode is Opcode.CONTINUATION):
-            return CloseReason.PROTOCOL_ERROR
-        self._frame_is_data = not opcode.iscontrol()
-        if self._frame_is_data and opcode is not Opcode.CONTINUATION:
-            self._message_compressed = rsv.rsv1
-        return RsvBits(True, False, False)
-
-    def frame_inbound_payload_data(
-        self, proto: FrameDecoder | FrameProtocol, data: bytes
-    ) -> bytes | CloseReason:
-        if not (self._frame_is_data and self._message_compressed):
-            return data
+    def decode(self, frame: WsFrame, *, max_size: int | None = None) -> WsFrame:
+        """Inflate a compressed message's frame (see the class)."""
+        opcode = frame.opcode
+        if opcode in WS_CTRL_OPCODES:
+            return frame  # RSV1 stays set, and the engine's check() refuses it
+        if opcode is WsOpcode.CONT:
+            if not self._inflating:
+                return frame
+            if frame.rsv1:
+                raise WsProtocolError("RSV1 set on a continuation frame")
+        elif not frame.rsv1:
+            return frame
+        self._inflating = not frame.fin
+        inflater = self._inflater
         try:
-            return self._inflater.feed(data)
+            data = inflater.feed(bytes(frame.data))
+            if frame.fin:
+                data += inflater.finish()
         except InflateError as exc:
-            return CloseReason(exc.code)
+            self._inflating = False
+            if exc.code == CloseCode.MESSAGE_TOO_BIG:
+                raise WsPayloadTooBig(None, max_size or inflater.max_message_size) from None
+            raise WsProtocolError(exc.reason) from None
+        return dataclasses.replace(frame, data=data, rsv1=False)
 
-    def frame_inbound_complete(
-        self, proto: FrameDecoder | FrameProtocol, fin: bool
-    ) -> bytes | CloseReason | None:
-        if not (fin and self._frame_is_data):
-            return None
-        compressed, self._message_compressed = self._message_compressed, None
-        if not compressed:
-            return None
-        try:
-            return self._inflater.finish()
-        except InflateError as exc:
-            return CloseReason(exc.code)
-
-    def frame_outbound(
-        self,
-        proto: FrameDecoder | FrameProtocol,
-        opcode: Opcode,
-        rsv: RsvBits,
-        data: bytes,
-        fin: bool,
-    ) -> tuple[RsvBits, bytes]:
-        if opcode.iscontrol():
-            return (rsv, data)
-        if opcode is not Opcode.CONTINUATION and fin:
-            # A whole message: the shared compressor, as for broadcast frames.
-            return (RsvBits(True, rsv.rsv2, rsv.rsv3), _deflater.compress(bytes(data)))
-        # A fragmented message (rare: the hub sends whole messages): a
-        # compressor of its own for the message's life.
-        if opcode is not Opcode.CONTINUATION:
-            rsv = RsvBits(True, rsv.rsv2, rsv.rsv3)
+    def encode(self, frame: WsFrame) -> WsFrame:
+        """Compress a data frame sent through the engine (not the hub's fast path)."""
+        opcode = frame.opcode
+        if opcode in WS_CTRL_OPCODES:
+            return frame
+        if opcode is not WsOpcode.CONT and frame.fin:
+            data = _deflater.compress(bytes(frame.data))
+            return dataclasses.replace(frame, data=data, rsv1=True)
+        # A fragmented message: a compressor of its own for the message's life.
+        if opcode is not WsOpcode.CONT:
             self._fragment_compressor = zlib.compressobj(
                 COMPRESSION_LEVEL, zlib.DEFLATED, -_MAX_WINDOW_BITS, _MEM_LEVEL
             )
         compressor = self._fragment_compressor
         if compressor is None:
-            return (rsv, data)  # a continuation without a start: let wsproto object
-        out = compressor.compress(bytes(data)) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if fin:
+            return frame  # a continuation without a start: the engine refuses it
+        data = compressor.compress(bytes(frame.data)) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if frame.fin:
             self._fragment_compressor = None
-            out = out[:-4]
-        return (rsv, out)
+            data = data[:-4]
+        return dataclasses.replace(frame, data=data, rsv1=opcode is not WsOpcode.CONT)
 
     def __repr__(self) -> str:
-        return f"<BoundedPerMessageDeflate {self.parameters.response()!r}>"
+        return f"<DeflateExtension {self.parameters.response()!r}>"

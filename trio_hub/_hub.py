@@ -14,6 +14,7 @@ from trio_websocket import WebSocketConnection
 
 from ._client import Client
 from ._closecodes import CloseCode
+from ._compression import CompressionCounters
 from ._config import HubConfig, MessageHandler
 from ._errors import HubClosedError, MessageError
 from ._message import Message
@@ -61,6 +62,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_backend",
         "_backend_scope",
         "_clients",
+        "_compression",
         "_closed",
         "_closing",
         "_config",
@@ -118,6 +120,8 @@ class Hub(metaclass=NoPublicConstructor):
         self._discarded = 0
         self._errors = 0
         self._registrations = 0
+        # Counted by the served connections that negotiated permessage-deflate.
+        self._compression = CompressionCounters()
 
     # ---------------------------------------------------------- registration
 
@@ -429,6 +433,7 @@ class Hub(metaclass=NoPublicConstructor):
                 if self._backend is not None
                 else MemoryBackend().statistics()
             ),
+            compression=self._compression.snapshot(),
         )
 
     # -------------------------------------------------------------- shutdown
