@@ -5,6 +5,8 @@ Usage::
     python bench/run.py                       # all servers, N = 100, 1000, 5000, 3 repeats
     python bench/run.py --quick               # CI smoke test: 50 clients, 1 repeat, seconds
     python bench/run.py --servers naive_trio,trio_hub --clients 100,1000 --repeats 5
+    python bench/run.py --servers trio_hub,websockets_asyncio --compression off,deflate \
+        --payload words               # permessage-deflate on and off, side by side
 
 For every server, client count and repeat it starts a fresh server process pinned to
 one core and a fresh ``loadgen.py`` process pinned to another, lets the load generator
@@ -61,12 +63,14 @@ class ServerSpec:
             ``listening on ws://HOST:PORT/`` to stderr once it accepts connections.
         description: One line for the report.
         unavailable: Returns why the server cannot run here, or ``None`` if it can.
+        compression: Whether it takes ``--compression {off,deflate}`` (permessage-deflate).
     """
 
     name: str
     command: list[str]
     description: str
     unavailable: Callable[[], str | None] = field(default=lambda: None)
+    compression: bool = False
 
 
 def _trio_hub_unavailable() -> str | None:
@@ -109,12 +113,14 @@ SERVERS: dict[str, ServerSpec] = {
             "websockets_asyncio",
             [PYTHON, str(BENCH / "servers" / "websockets_asyncio.py"), "--port", "0"],
             "websockets.asyncio server + synchronous broadcast()",
+            compression=True,
         ),
         ServerSpec(
             "trio_hub",
             [PYTHON, "-m", "trio_hub", "serve", "--host", "127.0.0.1", "--port", "0"],
             "python -m trio_hub serve",
             _trio_hub_unavailable,
+            compression=True,
         ),
         ServerSpec(
             "raw_uvloop",
@@ -149,6 +155,7 @@ class Summary(TypedDict):
     loadgen_cpu_percent: float
     loadgen_core_busy_percent: float
     bytes_per_idle_connection: float
+    wire_bytes_per_delivery: float
 
 
 @dataclass(frozen=True)
@@ -202,12 +209,15 @@ class _StderrTail:
 
 
 @contextlib.contextmanager
-def running_server(spec: ServerSpec, cpu: int | None) -> Iterator[tuple[int, int, _StderrTail]]:
+def running_server(
+    spec: ServerSpec, cpu: int | None, compression: str = "off"
+) -> Iterator[tuple[int, int, _StderrTail]]:
     """Start a server, wait until it listens, stop it (SIGTERM, then SIGKILL) on exit.
 
     Args:
         spec: The server.
         cpu: The core to pin it to, or ``None``.
+        compression: ``off`` or ``deflate``, for servers that take ``--compression``.
 
     Yields:
         Its pid, its port and its stderr.
@@ -215,8 +225,9 @@ def running_server(spec: ServerSpec, cpu: int | None) -> Iterator[tuple[int, int
     Raises:
         RuntimeError: It exited or did not announce its port in time.
     """
+    command = [*spec.command, f"--compression={compression}"] if spec.compression else spec.command
     process = subprocess.Popen(
-        spec.command,
+        command,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -244,7 +255,12 @@ def running_server(spec: ServerSpec, cpu: int | None) -> Iterator[tuple[int, int
 
 
 def run_once(
-    spec: ServerSpec, clients: int, profile: Profile, cpus: tuple[int | None, int | None]
+    spec: ServerSpec,
+    clients: int,
+    profile: Profile,
+    cpus: tuple[int | None, int | None],
+    compression: str = "off",
+    payload: str = "x",
 ) -> RunResult:
     """One fresh server, one load generator run against it.
 
@@ -253,6 +269,8 @@ def run_once(
         clients: Receiver connections.
         profile: Batches and time.
         cpus: Cores for the server and for the load generator.
+        compression: ``off`` or ``deflate`` (permessage-deflate, offered and required).
+        payload: What pads the messages: ``x`` or ``words`` (see ``loadgen.py``).
 
     Returns:
         What the load generator measured.
@@ -271,7 +289,7 @@ def run_once(
                 flush=True,
             )
             break
-    with running_server(spec, cpus[0]) as (pid, port, tail):
+    with running_server(spec, cpus[0], compression) as (pid, port, tail):
         command = [
             PYTHON,
             str(BENCH / "loadgen.py"),
@@ -283,6 +301,8 @@ def run_once(
             f"--max-batches={profile.max_batches}",
             f"--seconds={profile.seconds}",
             f"--timeout={profile.timeout}",
+            f"--payload={payload}",
+            *(["--compression"] if compression == "deflate" else []),
         ]
         # Bounded: connecting, warm-up and the window, plus every batch timing out once.
         limit = 120 + profile.seconds + 2 * profile.timeout + clients / 50
@@ -338,6 +358,7 @@ def summarize(server: str, clients: int, runs: Sequence[LoadgenResult]) -> Summa
         "server_core_busy_percent": median(lambda r: core(r, r["server_cpus"])),
         "loadgen_cpu_percent": median(lambda r: r["loadgen_cpu"]["percent_of_one_core"]),
         "loadgen_core_busy_percent": median(lambda r: core(r, r["loadgen_cpus"])),
+        "wire_bytes_per_delivery": median(lambda r: r["wire_bytes_per_delivery"]),
         "bytes_per_idle_connection": median(lambda r: r["memory"]["bytes_per_idle_connection"]),
     }
 
@@ -354,11 +375,11 @@ def format_table(rows: Sequence[Summary]) -> str:
     header = (
         f"{'server':<19} {'N':>5} {'deliv/s':>9} {'lat p50':>8} {'lat p99':>8} "
         f"{'us/deliv':>8} {'usr':>5} {'sys':>5} {'srv%':>5} {'core0%':>6} "
-        f"{'lg%':>5} {'core1%':>6} {'KiB/idle':>8}"
+        f"{'lg%':>5} {'core1%':>6} {'KiB/idle':>8} {'B/deliv':>7}"
     )
     units = (
         f"{'':<19} {'':>5} {'':>9} {'ms':>8} {'ms':>8} {'cpu':>8} {'us':>5} {'us':>5} "
-        f"{'':>5} {'':>6} {'':>5} {'':>6} {'conn':>8}"
+        f"{'':>5} {'':>6} {'':>5} {'':>6} {'conn':>8} {'wire':>7}"
     )
     lines = [header, units, "-" * len(header)]
     for row in rows:
@@ -369,7 +390,8 @@ def format_table(rows: Sequence[Summary]) -> str:
             f"{row['server_system_us_per_delivery']:>5.1f} {row['server_cpu_percent']:>5.0f} "
             f"{row['server_core_busy_percent']:>6.0f} {row['loadgen_cpu_percent']:>5.0f} "
             f"{row['loadgen_core_busy_percent']:>6.0f} "
-            f"{row['bytes_per_idle_connection'] / 1024:>8.1f}"
+            f"{row['bytes_per_idle_connection'] / 1024:>8.1f} "
+            f"{row['wire_bytes_per_delivery']:>7.0f}"
         )
     return "\n".join(lines)
 
@@ -448,7 +470,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="measured window per run")
     parser.add_argument("--output-dir", type=Path, default=BENCH / "results")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument(
+        "--compression",
+        default="off",
+        help="comma-separated modes, from: off, deflate (permessage-deflate; each server "
+        "that supports it runs in each mode, as NAME+deflate)",
+    )
+    parser.add_argument(
+        "--payload",
+        choices=["x", "words"],
+        default="x",
+        help="message padding: x (the shootout's) or words (JSON-ish text, for compression)",
+    )
     args = parser.parse_args(argv)
+    modes = set(args.compression.split(","))
+    if modes - {"off", "deflate"}:
+        parser.error(f"unknown compression modes {sorted(modes - {'off', 'deflate'})}")
     unknown = set(args.servers.split(",")) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; known: {', '.join(SERVERS)}")
@@ -491,34 +528,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[dict[str, object]] = []
     rows: list[Summary] = []
     started = time.monotonic()
-    for name in args.servers.split(","):
-        spec = SERVERS[name]
-        reason = spec.unavailable()
-        if reason is not None:
-            status[name] = f"skipped: {reason}"
-            print(f"SKIPPED {name}: {reason}", file=sys.stderr, flush=True)
-            continue
-        status[name] = "ok"
-        for count in clients:
-            results: list[RunResult] = []
-            for repeat in range(repeats):
-                print(
-                    f"{name} N={count} repeat {repeat + 1}/{repeats} ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                try:
-                    result = run_once(spec, count, profile, cpus)
-                except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                    status[name] = f"failed: {exc}"
-                    print(f"FAILED {name} N={count}: {exc}", file=sys.stderr, flush=True)
+    for server_name in args.servers.split(","):
+        spec = SERVERS[server_name]
+        for mode in args.compression.split(","):
+            if mode == "deflate" and not spec.compression:
+                continue
+            name = server_name if mode == "off" else f"{server_name}+deflate"
+            reason = spec.unavailable()
+            if reason is not None:
+                status[name] = f"skipped: {reason}"
+                print(f"SKIPPED {name}: {reason}", file=sys.stderr, flush=True)
+                continue
+            status[name] = "ok"
+            for count in clients:
+                results: list[RunResult] = []
+                for repeat in range(repeats):
+                    print(
+                        f"{name} N={count} repeat {repeat + 1}/{repeats} ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    try:
+                        result = run_once(spec, count, profile, cpus, mode, args.payload)
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        status[name] = f"failed: {exc}"
+                        print(f"FAILED {name} N={count}: {exc}", file=sys.stderr, flush=True)
+                        break
+                    results.append(result)
+                    runs.append({"server": name, "repeat": repeat, **result})
+                if results:
+                    rows.append(summarize(name, count, results))
+                if status[name] != "ok":
                     break
-                results.append(result)
-                runs.append({"server": name, "repeat": repeat, **result})
-            if results:
-                rows.append(summarize(name, count, results))
-            if status[name] != "ok":
-                break
 
     table = format_table(rows)
     print(table)
@@ -536,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": _versions(),
         "profile": profile.__dict__,
         "servers": {
-            name: {"description": SERVERS[name].description, "status": s}
+            name: {"description": SERVERS[name.split("+")[0]].description, "status": s}
             for name, s in status.items()
         },
         "summary": rows,
