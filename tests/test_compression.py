@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import sys
 import tracemalloc
 import zlib
 from collections.abc import Iterable, Sequence
@@ -154,7 +155,7 @@ def test_server_window_bits_accepted_and_limit_compressed_sizes() -> None:
     assert parameters.max_compressed_length == 1024
     full = negotiate_deflate(["permessage-deflate; server_max_window_bits=15"])
     assert full is not None
-    assert full.max_compressed_length is None
+    assert full.max_compressed_length == sys.maxsize
 
 
 def test_server_no_context_takeover_offered() -> None:

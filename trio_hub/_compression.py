@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
+import sys
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ __all__ = [
     "InflateError",
     "Inflater",
     "deflate_frame",
+    "frame_for",
     "negotiate_deflate",
     "parse_extensions",
 ]
@@ -299,8 +301,8 @@ class DeflateParameters:
         return max(bits, 9)
 
     @property
-    def max_compressed_length(self) -> int | None:
-        """The largest encoded message this client may get compressed (``None``: any).
+    def max_compressed_length(self) -> int:
+        """The largest encoded message this client may get compressed (``sys.maxsize``: any).
 
         A message of n bytes compressed on its own never refers back more
         than n bytes, so its stream fits any window of at least n bytes,
@@ -309,14 +311,15 @@ class DeflateParameters:
         and the plain frame for larger ones.
         """
         bits = self.server_max_window_bits
-        return None if bits is None or bits == _MAX_WINDOW_BITS else 1 << bits
+        return sys.maxsize if bits is None or bits == _MAX_WINDOW_BITS else 1 << bits
 
     def frame(self, message: Message, counters: CompressionCounters | None = None) -> bytes:
-        """The frame to send ``message`` to this client: shared, built at most once."""
-        limit = self.max_compressed_length
-        if limit is not None and len(message.encode()) > limit:
-            return text_frame(message)
-        return deflate_frame(message, counters, delivery=True)
+        """The frame to send ``message`` to this client (see :func:`frame_for`)."""
+        return frame_for(
+            message,
+            self.max_compressed_length,
+            counters if counters is not None else CompressionCounters(),
+        )
 
 
 def negotiate_deflate(
@@ -455,12 +458,7 @@ def _plain_frame_size(length: int) -> int:
     return length + (2 if length < 126 else 4 if length < 65536 else 10)
 
 
-def deflate_frame(
-    message: Message,
-    counters: CompressionCounters | None = None,
-    *,
-    delivery: bool = False,
-) -> bytes:
+def deflate_frame(message: Message, counters: CompressionCounters | None = None) -> bytes:
     """The frame of ``message`` for clients that negotiated permessage-deflate.
 
     Built once per message and cached on it: the compressed frame (RSV1 set,
@@ -470,31 +468,58 @@ def deflate_frame(
 
     Args:
         message: The message.
-        counters: Where to count the build and, with ``delivery``, the
-            delivery.
-        delivery: Count this call as one delivery of a compressed frame.
+        counters: Where to count the build, if it happens now.
     """
     frame = message._deflate_frame
     if frame is None:
-        data = message.encode()
-        plain_size = _plain_frame_size(len(data))
-        if len(data) >= COMPRESSION_THRESHOLD:
-            payload = _deflater.compress(data)
-            if _plain_frame_size(len(payload)) < plain_size:
-                frame = _header(_FIN_RSV1_TEXT, len(payload)) + payload
-        if frame is None:
-            frame = text_frame(message)
-            if counters is not None:
-                counters.messages_uncompressed += 1
-        elif counters is not None:
+        frame = _build(message, counters)
+    return frame
+
+
+def frame_for(message: Message, limit: int, counters: CompressionCounters) -> bytes:
+    """The frame for one delivery of ``message`` to a compressing client.
+
+    The hot path of a broadcast: after the first call for a message, a few
+    attribute reads and the delivery's counters.
+
+    Args:
+        message: The message.
+        limit: The client's :attr:`DeflateParameters.max_compressed_length`;
+            a larger message goes to it as the plain frame.
+        counters: Where to count the build (once) and the delivery.
+    """
+    frame = message._deflate_frame
+    if frame is None:
+        frame = _build(message, counters)
+    before = message._deflate_plain_size
+    if before:  # compressed
+        if before > limit and len(message.encode()) > limit:
+            return text_frame(message)
+        counters.deliveries_compressed += 1
+        counters.delivered_bytes_before += before
+        counters.delivered_bytes_after += len(frame)
+    return frame
+
+
+def _build(message: Message, counters: CompressionCounters | None) -> bytes:
+    data = message.encode()
+    plain_size = _plain_frame_size(len(data))
+    frame: bytes | None = None
+    if len(data) >= COMPRESSION_THRESHOLD:
+        payload = _deflater.compress(data)
+        if _plain_frame_size(len(payload)) < plain_size:
+            frame = _header(_FIN_RSV1_TEXT, len(payload)) + payload
+    if frame is None:
+        frame = text_frame(message)
+        if counters is not None:
+            counters.messages_uncompressed += 1
+    else:
+        message._deflate_plain_size = plain_size
+        if counters is not None:
             counters.messages_compressed += 1
             counters.bytes_before += plain_size
             counters.bytes_after += len(frame)
-        message._deflate_frame = frame
-    if delivery and counters is not None and frame is not message._frame:
-        counters.deliveries_compressed += 1
-        counters.delivered_bytes_before += _plain_frame_size(len(message.encode()))
-        counters.delivered_bytes_after += len(frame)
+    message._deflate_frame = frame
     return frame
 
 
