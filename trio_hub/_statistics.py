@@ -77,7 +77,7 @@ class CompressionStatistics:
     Attributes:
         messages_compressed: Messages whose compressed frame was built.
         messages_uncompressed: Messages sent to compressing clients as plain
-            frames: under :data:`COMPRESSION_THRESHOLD`, or not smaller
+            frames: under the size threshold (128 bytes), or not smaller
             compressed (each counted once).
         bytes_before: Plain frame sizes of the compressed messages.
         bytes_after: Their compressed frame sizes.
