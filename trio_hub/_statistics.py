@@ -69,7 +69,8 @@ class HubStatistics:
 class CompressionStatistics:
     """Counters of permessage-deflate, in :attr:`HubStatistics.compression`.
 
-    Sizes are whole frames (header included), as they go on the wire.
+    Outbound sizes are whole frames (header included), as they go on the wire;
+    inbound ones are payloads, compressed and inflated.
     Outbound messages are counted once each, when their compressed frame is
     built (however many clients it then reaches); deliveries are counted per
     client, when a compressed frame is handed to the connection.
