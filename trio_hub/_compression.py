@@ -109,9 +109,17 @@ _MAX_WINDOW_BITS: Final = 15
 
 @final
 class CompressionCounters:
-    """The mutable counters behind :class:`CompressionStatistics` (one per hub)."""
+    """The mutable counters behind :class:`CompressionStatistics` (one per hub).
+
+    Deliveries are tallied per message: a broadcast hands one message to its
+    clients one after the other, so a delivery usually costs one identity test
+    and one increment (:func:`frame_for`), and the byte totals are folded in
+    when the next message comes or a snapshot is taken.
+    """
 
     __slots__ = (
+        "_tally",
+        "_tally_message",
         "bytes_after",
         "bytes_before",
         "delivered_bytes_after",
@@ -135,9 +143,25 @@ class CompressionCounters:
         self.inbound_messages = 0
         self.inbound_bytes_before = 0
         self.inbound_bytes_after = 0
+        # The message being delivered now, and its deliveries not yet folded in.
+        self._tally_message: Message | None = None
+        self._tally = 0
+
+    def _switch(self, message: Message | None) -> None:
+        previous = self._tally_message
+        if previous is not None and self._tally:
+            count = self._tally
+            self.deliveries_compressed += count
+            self.delivered_bytes_before += count * previous._deflate_plain_size
+            frame = previous._deflate_frame
+            assert frame is not None
+            self.delivered_bytes_after += count * len(frame)
+        self._tally_message = message
+        self._tally = 0
 
     def snapshot(self) -> CompressionStatistics:
         """A frozen copy of the counters."""
+        self._switch(None)
         return CompressionStatistics(
             messages_compressed=self.messages_compressed,
             messages_uncompressed=self.messages_uncompressed,
@@ -495,9 +519,9 @@ def frame_for(message: Message, limit: int, counters: CompressionCounters) -> by
     if before:  # compressed
         if before > limit and len(message.encode()) > limit:
             return text_frame(message)
-        counters.deliveries_compressed += 1
-        counters.delivered_bytes_before += before
-        counters.delivered_bytes_after += len(frame)
+        if counters._tally_message is not message:
+            counters._switch(message)
+        counters._tally += 1
     return frame
 
 
