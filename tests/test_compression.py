@@ -42,6 +42,7 @@ from trio_hub._compression import (
     InflateError,
     Inflater,
     deflate_frame,
+    frame_for,
     negotiate_deflate,
     parse_extensions,
 )
@@ -719,3 +720,22 @@ def test_engine_outbound() -> None:
     data = server.data_to_send()
     assert data[0][0] & 0x40  # RSV1
     assert _texts(client, data) == [*texts, texts[1][:1000], texts[1][1000:]]
+
+
+def test_delivery_tally_folds_interleaved_messages() -> None:
+    counters = CompressionCounters()
+    first, second = chat_message(1000, 1), chat_message(3000, 2)
+    for message in (first, first, second, first, second, second):
+        frame_for(message, sys.maxsize, counters)
+    statistics = counters.snapshot()
+    assert statistics.deliveries_compressed == 6
+    assert statistics.delivered_bytes_before == 3 * len(text_frame(first)) + 3 * len(
+        text_frame(second)
+    )
+    assert statistics.delivered_bytes_after == 3 * len(deflate_frame(first)) + 3 * len(
+        deflate_frame(second)
+    )
+    # A snapshot folds the tally in, and counts nothing twice.
+    frame_for(second, sys.maxsize, counters)
+    assert counters.snapshot().deliveries_compressed == 7
+    assert counters.snapshot().deliveries_compressed == 7
