@@ -5,6 +5,7 @@ Usage::
     python bench/run.py                       # all servers, N = 100, 1000, 5000, 3 repeats
     python bench/run.py --quick               # CI smoke test: 50 clients, 1 repeat, seconds
     python bench/run.py --servers naive_trio,trio_hub --clients 100,1000 --repeats 5
+    python bench/run.py --servers trio_hub --baseline-tree /tmp/base   # against another checkout
     python bench/run.py --servers trio_hub,websockets_asyncio --compression off,deflate \
         --payload words               # permessage-deflate on and off, side by side
 
@@ -70,6 +71,7 @@ class ServerSpec:
     command: list[str]
     description: str
     unavailable: Callable[[], str | None] = field(default=lambda: None)
+    cwd: Path = ROOT
     compression: bool = False
 
 
@@ -123,6 +125,12 @@ SERVERS: dict[str, ServerSpec] = {
             compression=True,
         ),
         ServerSpec(
+            "picows",
+            [PYTHON, str(BENCH / "servers" / "picows_server.py"), "--port", "0"],
+            "picows (Cython, asyncio/uvloop) callbacks + transport.send() to each",
+            lambda: None if importlib.util.find_spec("picows") else "picows is not installed",
+        ),
+        ServerSpec(
             "raw_uvloop",
             [PYTHON, str(BENCH / "servers" / "raw_uvloop.py"), "--port", "0"],
             "calibration, not a contender: hand-written frames on uvloop, the loadgen's ceiling",
@@ -130,6 +138,19 @@ SERVERS: dict[str, ServerSpec] = {
         ),
     )
 }
+
+
+def baseline_spec(tree: Path) -> ServerSpec:
+    """``python -m trio_hub serve`` from another checkout (``git worktree add /tmp/base main``).
+
+    Args:
+        tree: The root of that checkout; its ``trio_hub`` is imported.
+
+    Returns:
+        The spec, named ``trio_hub_base``.
+    """
+    spec = SERVERS["trio_hub"]
+    return ServerSpec("trio_hub_base", spec.command, f"{spec.description} from {tree}", cwd=tree)
 
 
 class RunResult(LoadgenResult):
@@ -228,7 +249,7 @@ def running_server(
     command = [*spec.command, f"--compression={compression}"] if spec.compression else spec.command
     process = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=spec.cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -471,6 +492,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=BENCH / "results")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        default=None,
+        help="also run `trio_hub serve` from this checkout, as trio_hub_base",
+    )
+    parser.add_argument(
         "--compression",
         default="off",
         help="comma-separated modes, from: off, deflate (permessage-deflate; each server "
@@ -483,6 +510,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="message padding: x (the shootout's) or words (JSON-ish text, for compression)",
     )
     args = parser.parse_args(argv)
+    if args.baseline_tree is not None:
+        SERVERS["trio_hub_base"] = baseline_spec(args.baseline_tree.resolve())
+        if "trio_hub_base" not in args.servers.split(","):
+            args.servers += ",trio_hub_base"
     modes = set(args.compression.split(","))
     if modes - {"off", "deflate"}:
         parser.error(f"unknown compression modes {sorted(modes - {'off', 'deflate'})}")

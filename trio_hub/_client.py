@@ -69,6 +69,7 @@ class Client(metaclass=NoPublicConstructor):
         "_dropped",
         "_ending",
         "_finished",
+        "_handler_scope",
         "_hub",
         "_id",
         "_identity",
@@ -76,7 +77,6 @@ class Client(metaclass=NoPublicConstructor):
         "_on_message",
         "_pinging",
         "_queue",
-        "_reader_scope",
         "_scope",
         "_topics",
         "_transport",
@@ -99,7 +99,8 @@ class Client(metaclass=NoPublicConstructor):
         self._on_message = on_message
         self._id = next(_client_ids)
         # Messages accepted and not yet handed to the transport, oldest first.
-        self._queue: deque[Message] = deque()
+        # Made on first use: a client that keeps up never needs one.
+        self._queue: deque[Message] | None = None
         # Accepted and not yet written: the queue plus the batch being written.
         # This is the bound, so memory per client is queue_size x message size.
         self._backlog = 0
@@ -113,10 +114,13 @@ class Client(metaclass=NoPublicConstructor):
         self._aborted = False
         self._close_code: int | None = None
         self._close_reason = ""
-        # Shielded, so that the hub, not an enclosing cancel scope, decides
-        # when a client ends; _end() cancels it.
-        self._scope = trio.CancelScope(shield=True)
-        self._reader_scope = trio.CancelScope()
+        # The client's nursery's scope, shielded so that the hub, not an
+        # enclosing cancel scope, decides when a client ends; _end() cancels it.
+        # (One scope for both: every scope a connection holds costs memory.)
+        self._scope: trio.CancelScope | None = None
+        # The scope of an on_message call in progress, if any: shutdown cancels
+        # it. None while the client waits for input, which costs no scope.
+        self._handler_scope: trio.CancelScope | None = None
         # Made when someone waits: most clients are never waited for.
         self._finished: trio.Event | None = None
         self._done = False
@@ -274,6 +278,8 @@ class Client(metaclass=NoPublicConstructor):
         )
 
     def _enqueue(self, message: Message, size: int) -> None:
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(message)
         self._backlog += 1
         self._backlog_bytes += size
@@ -291,6 +297,7 @@ class Client(metaclass=NoPublicConstructor):
             return False
         if policy is SlowClientPolicy.DROP_OLDEST:
             queue = self._queue
+            assert queue is not None  # full, so something was queued
             # Only messages that no write has taken yet can be dropped.
             while queue and self._is_full(size):
                 oldest = queue.popleft()
@@ -324,12 +331,14 @@ class Client(metaclass=NoPublicConstructor):
         self._close_code = code
         self._close_reason = reason
         self._hub._unregister(self)
-        self._scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     def _start_drain(self) -> None:
-        """Hub shutdown: stop reading, write what is queued, then leave with 1001."""
-        self._reader_scope.cancel()
+        """Hub shutdown: stop handling input, write what is queued, then leave with 1001."""
         self._draining = True
+        if self._handler_scope is not None:
+            self._handler_scope.cancel()
         if self._backlog == 0:
             self._end(CloseCode.GOING_AWAY, "hub shutting down")
 
@@ -339,19 +348,29 @@ class Client(metaclass=NoPublicConstructor):
         # every client with 1001. Every wait inside is bounded by a timeout or
         # ended by the hub's own shutdown.
         try:
-            with self._scope:  # shielded: only _end() cancels it
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self._queue and not self._writing:
-                        # Queued between registration and this task's start.
-                        self._writing = True
-                        nursery.start_soon(self._guard, self._write_loop)
-                    await self._guard(self._read_loop)
+            async with trio.open_nursery() as nursery:
+                # Shielded at once: entering a nursery does not checkpoint.
+                nursery.cancel_scope.shield = True
+                self._scope = nursery.cancel_scope
+                if self._ending:  # closed before its task started
+                    nursery.cancel_scope.cancel()
+                self._nursery = nursery
+                if self._queue and not self._writing:
+                    # Queued between registration and this task's start.
+                    self._writing = True
+                    nursery.start_soon(self._guard, self._write_loop)
+                # The reader runs in this task (no _guard: one frame fewer for
+                # every idle client).
+                try:
+                    await self._read_loop()
+                except TransportClosed as exc:
+                    self._left(exc)
         except Exception:
             self._hub._errors += 1
             logger.exception("client #%d failed; closing it with 1011", self._id)
             self._end(CloseCode.INTERNAL_ERROR, "internal error")
         self._nursery = None
+        self._scope = None
         with trio.CancelScope(shield=True):
             await self._finish()
 
@@ -363,7 +382,7 @@ class Client(metaclass=NoPublicConstructor):
             self._hub._discarded += self._backlog
             self._backlog = 0
             self._backlog_bytes = 0
-        self._queue.clear()
+        self._queue = None
         assert self._close_code is not None
         with trio.move_on_after(self._config.close_timeout) as close_scope:
             try:
@@ -387,42 +406,48 @@ class Client(metaclass=NoPublicConstructor):
         try:
             await loop()
         except TransportClosed as exc:
-            # The peer or the network ended the connection: an ordinary way to
-            # leave, not an error.
-            code = exc.code if exc.code is not None else CloseCode.ABNORMAL
-            self._end(code, exc.reason)
+            self._left(exc)
+
+    def _left(self, exc: TransportClosed) -> None:
+        # The peer or the network ended the connection: an ordinary way to
+        # leave, not an error.
+        code = exc.code if exc.code is not None else CloseCode.ABNORMAL
+        self._end(code, exc.reason)
 
     async def _read_loop(self) -> None:
-        with self._reader_scope:
-            while True:
-                data = await self._transport.receive()
-                if isinstance(data, bytes | bytearray):
-                    self._end(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
-                    return
-                try:
-                    message = Message.decode(data)
-                except MessageDecodeError as exc:
-                    logger.debug("client #%d sent an invalid message: %s", self._id, exc)
-                    self._reply_error(exc.code, str(exc))
-                    continue
-                handler = self._on_message
-                if handler is None:
-                    continue
-                try:
+        # No cancel scope around the wait for input: an idle client holds none.
+        # Shutdown stops the handling instead: a handler in progress is
+        # cancelled, and what arrives during the drain is read and dropped, so
+        # that the peer's close (or its pings) are still seen.
+        while True:
+            data = await self._transport.receive()
+            if self._draining:
+                continue
+            if isinstance(data, bytes | bytearray):
+                self._end(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+                return
+            try:
+                message = Message.decode(data)
+            except MessageDecodeError as exc:
+                logger.debug("client #%d sent an invalid message: %s", self._id, exc)
+                self._reply_error(exc.code, str(exc))
+                continue
+            handler = self._on_message
+            if handler is None:
+                continue
+            try:
+                with trio.CancelScope() as self._handler_scope:
                     await handler(self, message)
-                except Exception:
-                    self._hub._errors += 1
-                    logger.exception(
-                        "client #%d: the on_message handler raised; closing it with 1011",
-                        self._id,
-                    )
-                    self._end(CloseCode.INTERNAL_ERROR, "internal error")
-                    return
-        if self._draining:
-            # Shutdown stopped the reader; the client stays until its queue is
-            # written (the writer ends it), so keep this task, and the nursery
-            # that the writer runs in, open until then.
-            await trio.sleep_forever()
+            except Exception:
+                self._hub._errors += 1
+                logger.exception(
+                    "client #%d: the on_message handler raised; closing it with 1011",
+                    self._id,
+                )
+                self._end(CloseCode.INTERNAL_ERROR, "internal error")
+                return
+            finally:
+                self._handler_scope = None
 
     def _reply_error(self, code: str, detail: str) -> None:
         if not self._hub._closing:
@@ -430,6 +455,7 @@ class Client(metaclass=NoPublicConstructor):
 
     async def _write_loop(self) -> None:
         queue = self._queue
+        assert queue is not None  # started by _enqueue()
         transport = self._transport
         hub = self._hub
         write_timeout = self._config.write_timeout

@@ -19,6 +19,8 @@ class CloseCode(enum.IntEnum):
     """The application removed the client, or the client left normally."""
     GOING_AWAY = 1001
     """The hub is shutting down."""
+    PROTOCOL_ERROR = 1002
+    """The client broke RFC 6455 (a malformed or forbidden frame)."""
     UNSUPPORTED_DATA = 1003
     """The client sent a binary frame; the hub speaks JSON text frames only."""
     ABNORMAL = 1006

@@ -445,7 +445,7 @@ class Hub(metaclass=NoPublicConstructor):
 
         1. Registration stops: :meth:`register`, :meth:`broadcast` and
            :meth:`publish` raise :class:`HubClosedError` from now on.
-        2. Each client stops reading and pinging, and its writer flushes what is
+        2. Each client stops handling input and pinging, and its writer flushes what is
            queued, for up to ``drain_timeout`` seconds in all.
         3. Every client is closed with 1001 (going away); each close handshake
            gets up to ``close_timeout`` seconds.

@@ -7,19 +7,20 @@ import logging
 import math
 import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from http import HTTPStatus
 from typing import Final, final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, wrap_server_stream
 
+from ._client import Client
 from ._closecodes import CloseCode
+from ._connection import ServerConnection, handshake_response
 from ._errors import HubClosedError, HubError
 from ._hub import Hub
-from ._stream import FastWebSocketTransport, HubStream, WriteCoalescer
+from ._stream import HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
 
 __all__ = [
@@ -206,6 +207,7 @@ async def serve_hub(
         max_message_size=max_message_size,
         index_html=default_index_html() if index_html is None else index_html,
         coalescer=WriteCoalescer(),
+        flush_nursery=None,
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = HubServer._create(hub, listeners)
@@ -218,6 +220,7 @@ async def serve_hub(
 
     try:
         async with trio.open_nursery() as handler_nursery:
+            policy = replace(policy, flush_nursery=handler_nursery)
             handler_nursery.start_soon(run_coalescer)
             try:
                 with server._accept_scope:
@@ -260,6 +263,7 @@ class _Policy:
     max_message_size: int
     index_html: bytes
     coalescer: WriteCoalescer
+    flush_nursery: trio.Nursery | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,27 +279,41 @@ class _BadRequest(Exception):
 
 async def _handle(policy: _Policy, server: HubServer, stream: trio.SocketStream) -> None:
     # Shielded: outer cancellation must not cut a client off before the hub has
-    # drained it; serve_hub cancels handlers itself once the hub is closed.
+    # drained it; serve_hub cancels handshakes itself once the hub is closed.
     server._connections += 1
-    scope = trio.CancelScope(shield=True)
-    server._handler_scopes.add(scope)
     try:
-        with scope:
-            # Two steps, so that nothing of the handshake stays alive in this
-            # task's frames while the client is connected.
-            admitted = await _handshake(policy, server, stream)
-            if admitted is not None:
-                await _upgrade_and_serve(policy, stream, *admitted)
+        scope = trio.CancelScope(shield=True)
+        server._handler_scopes.add(scope)
+        try:
+            with scope:
+                # Two steps, so that nothing of the handshake stays alive in
+                # this task's frames while the client is connected.
+                admitted = await _handshake(policy, server, stream)
+                client = None if admitted is None else await _upgrade(policy, stream, admitted)
+        finally:
+            server._handler_scopes.discard(scope)
+        del scope, admitted
+        if client is not None:
+            # The client runs right here, in this connection's task, under
+            # its own shielded scope: it reads, answers pings and closes the
+            # connection itself, so an idle client costs this one task. It is
+            # registered with the hub all the same, and hub shutdown waits for it.
+            await client._run()
+            logger.info(
+                "client #%d disconnected: code %s %s",
+                client.id,
+                client.close_code,
+                client.close_reason,
+            )
     except Exception:
         logger.exception("error while serving a connection")
     finally:
-        server._handler_scopes.discard(scope)
         server._connections -= 1
 
 
 async def _handshake(
     policy: _Policy, server: HubServer, stream: trio.SocketStream
-) -> tuple[bytes, object, float, tuple[str, int] | None] | None:
+) -> list[object] | None:
     """Apply the handshake policy; return what the upgrade needs, if admitted."""
     remote = _remote(stream)
     deadline = trio.current_time() + policy.handshake_timeout
@@ -359,60 +377,50 @@ async def _handshake(
             logger.exception("%s: the authenticate hook raised", _show(remote))
             await _respond(stream, HTTPStatus.INTERNAL_SERVER_ERROR, "Internal error\n")
             return None
-    return raw, identity, deadline, remote
+    # What the connection needs of the request: the response (the accept key,
+    # and the extensions' answer once there are any) and the bytes after the head.
+    # A list, which _upgrade empties: nothing of it may stay alive in
+    # _handle's frame for as long as the client is connected.
+    return [handshake_response(headers), raw[len(head_bytes) + 4 :], identity, deadline, remote]
 
 
-async def _upgrade_and_serve(
-    policy: _Policy,
-    stream: trio.SocketStream,
-    raw: bytes,
-    identity: object,
-    deadline: float,
-    remote: tuple[str, int] | None,
-) -> None:
-    async with trio.open_nursery() as nursery:
-        hub_stream = HubStream(stream, replay=raw, nursery=nursery, coalescer=policy.coalescer)
-        with trio.move_on_at(deadline) as accept_scope:
-            try:
-                request = await wrap_server_stream(
-                    nursery, hub_stream, max_message_size=policy.max_message_size
-                )
-                connection = await request.accept()
-            except ConnectionClosed:
-                # The peer went away before our 101 response went out.
-                logger.info("%s: connection lost during the handshake", _show(remote))
-                nursery.cancel_scope.cancel()
-                return
-        if accept_scope.cancelled_caught:
-            logger.info("%s: handshake did not complete; dropped", _show(remote))
-            nursery.cancel_scope.cancel()
-            return
-        hub_stream.connection = connection
-        transport = FastWebSocketTransport(connection, hub_stream)
+async def _upgrade(
+    policy: _Policy, stream: trio.SocketStream, admitted: list[object]
+) -> Client | None:
+    """Send the 101 response and register the client; return it, not yet running."""
+    response, initial, identity, deadline, remote = admitted
+    admitted.clear()
+    assert isinstance(response, bytes)
+    assert isinstance(initial, bytes)
+    assert isinstance(deadline, float)
+    assert remote is None or isinstance(remote, tuple)
+    with trio.move_on_at(deadline) as accept_scope:
         try:
-            client = policy.hub._add_client(transport, identity=identity)
-        except HubClosedError:
-            with trio.move_on_after(_RESPONSE_TIMEOUT):
-                await connection.aclose(CloseCode.GOING_AWAY, "shutting down")
-            nursery.cancel_scope.cancel()
-            return
-        logger.info("client #%d connected from %s", client.id, _show(remote))
-        # The client runs right here, in this connection's task, beside
-        # trio-websocket's reader: one task fewer per connection than
-        # register() + wait_closed(). It is registered with the hub all the
-        # same, and hub shutdown waits for it.
-        await client._run()
-        logger.info(
-            "client #%d disconnected: code %s %s",
-            client.id,
-            client.close_code,
-            client.close_reason,
-        )
-        # Not cancel(): when the peer started the close, trio-websocket's
-        # reader may still be writing the reply (the client leaves as soon as
-        # the close is seen), and it ends by itself once the socket is closed.
-        # Bounded all the same; server shutdown cancels it at once.
-        nursery.cancel_scope.deadline = trio.current_time() + _RESPONSE_TIMEOUT
+            await stream.send_all(response)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The peer went away before our 101 response went out.
+            logger.info("%s: connection lost during the handshake", _show(remote))
+            await trio.aclose_forcefully(stream)
+            return None
+    if accept_scope.cancelled_caught:
+        logger.info("%s: handshake did not complete; dropped", _show(remote))
+        await trio.aclose_forcefully(stream)
+        return None
+    # What a write from broadcast() leaves over is flushed by a short-lived
+    # task in the server's nursery: an idle connection runs none, and holds no
+    # nursery of its own.
+    writer = HubStream(stream, nursery=policy.flush_nursery, coalescer=policy.coalescer)
+    connection = ServerConnection(
+        stream, writer, max_message_size=policy.max_message_size, initial=initial
+    )
+    try:
+        client = policy.hub._add_client(connection, identity=identity)
+    except HubClosedError:
+        with trio.move_on_after(_RESPONSE_TIMEOUT):
+            await connection.close(CloseCode.GOING_AWAY, "shutting down")
+        return None
+    logger.info("client #%d connected from %s", client.id, _show(remote))
+    return client
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:

@@ -1,31 +1,27 @@
-"""The socket stream under a served connection, and the fast write path over it.
+"""The write side of a served connection: the fast write path and write coalescing.
 
 Every byte that goes to a served client's socket passes through
-:class:`HubStream`: trio-websocket's handshake, pings, pongs and close frames
+:class:`HubStream`: the engine's pongs and close frames, the keepalive pings
 (through :meth:`HubStream.send_all`) as well as the hub's own message frames.
 That one place knows whether a write is in progress, so that
 :meth:`HubStream.write_nowait` can write straight from ``broadcast()`` when the
-socket is idle, and fall back to the client's queue when it is not.
+socket is idle, and fall back to the client's queue when it is not. Reading is
+the connection's business (:mod:`trio_hub._connection`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
+import socket
 import struct
-from collections.abc import Sequence
 from typing import Final, final
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ._closecodes import CloseCode
-from ._errors import TransportClosed
 from ._message import Message
-from ._transport import WebSocketTransport, transport_closed
 
-__all__ = ["FastWebSocketTransport", "HubStream", "WriteCoalescer", "text_frame"]
+__all__ = ["HubStream", "WriteCoalescer", "text_frame"]
 
 _FIN_TEXT: Final = 0x81
 _FIN_CLOSE: Final = 0x88
@@ -34,16 +30,14 @@ _FIN_CLOSE: Final = 0x88
 # joined into one send(), unless this many bytes pile up first.
 _MAX_COALESCED_BYTES: Final = 64 * 1024
 
-# How long aclose() waits for a write in progress before the close frame that
-# trio-websocket skips (1007, 1002); see HubStream.aclose.
-_CLOSE_FRAME_WAIT: Final = 1.0
-
 
 def text_frame(message: Message) -> bytes:
     """The complete server-to-client WebSocket text frame for ``message``.
 
     Server frames are not masked and trio_hub negotiates no extension, so the
     frame is the same for every client: it is built once per message and cached.
+    (An extension that transforms frames, such as permessage-deflate, would build
+    its own variant here, once per message and per negotiated setting.)
     """
     frame = message._frame
     if frame is None:
@@ -57,11 +51,6 @@ def text_frame(message: Message) -> bytes:
             header = struct.pack("!BBQ", _FIN_TEXT, 127, length)
         frame = message._frame = header + data
     return frame
-
-
-def _close_frame(code: int, reason: str) -> bytes:
-    payload = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return struct.pack("!BB", _FIN_CLOSE, len(payload)) + payload
 
 
 @final
@@ -98,14 +87,11 @@ class WriteCoalescer:
 
 
 @final
-class HubStream(trio.abc.Stream):
+class HubStream:
     """A :class:`trio.SocketStream` wrapper that owns every write to the socket.
 
     Args:
         inner: The accepted TCP stream.
-        replay: Bytes already read from ``inner`` (the HTTP request head), which
-            :meth:`receive_some` returns first, so that trio-websocket sees the
-            request as if it had read it itself.
         nursery: Where to flush, in a short-lived task, what :meth:`write_nowait`
             could not write at once.
         coalescer: If given, frames from :meth:`write_nowait` are joined per
@@ -120,19 +106,17 @@ class HubStream(trio.abc.Stream):
         "_close_frame_sent",
         "_closed",
         "_coalescer",
+        "_eof_sent",
         "_fd",
         "_inner",
         "_lock",
         "_nursery",
         "_pending",
-        "_replay",
-        "connection",
     )
 
     def __init__(
         self,
         inner: trio.SocketStream,
-        replay: bytes = b"",
         nursery: trio.Nursery | None = None,
         coalescer: WriteCoalescer | None = None,
     ) -> None:
@@ -144,27 +128,24 @@ class HubStream(trio.abc.Stream):
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._fd = inner.socket.fileno()
-        self._replay = replay
-        self._lock = trio.StrictFIFOLock()
+        # Held by a write that may block; made when one starts, dropped when
+        # the last one ends, so that an idle connection holds no lock.
+        self._lock: trio.StrictFIFOLock | None = None
         # Bytes that write_nowait() accepted but the socket did not take: they
         # go out before anything else.
         self._pending = b""
         self._closed = False
         # Set if a write was interrupted mid-frame: nothing may follow it.
         self._broken = False
+        # Set once a close frame is on its way: no message frame may follow it.
         self._close_frame_sent = False
-        self.connection: WebSocketConnection | None = None
+        # Set once we half-closed: nothing at all may follow.
+        self._eof_sent = False
 
-    # ----------------------------------------------------------- reading
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Return replayed bytes first, then read from the socket."""
-        if self._replay:
-            await trio.lowlevel.checkpoint()
-            size = len(self._replay) if max_bytes is None else max_bytes
-            data, self._replay = self._replay[:size], self._replay[size:]
-            return data
-        return await self._inner.receive_some(max_bytes)
+    @property
+    def closing(self) -> bool:
+        """Whether a close frame has been written (or the stream is gone)."""
+        return self._close_frame_sent or self._closed or self._broken
 
     # ----------------------------------------------------------- writing
 
@@ -176,7 +157,13 @@ class HubStream(trio.abc.Stream):
             (coalesced, or what the socket did not accept) and certain to be
             written before anything else. ``False`` if it took nothing.
         """
-        if self._pending or self._closed or self._broken or self._lock.locked():
+        if (
+            self._pending
+            or self._closed
+            or self._broken
+            or self._close_frame_sent
+            or self._lock is not None
+        ):
             return False
         coalescer = self._coalescer
         if coalescer is None:
@@ -199,7 +186,7 @@ class HubStream(trio.abc.Stream):
         self._batch_bytes = 0
         if self._closed or self._broken:
             return  # the connection is gone; its client is leaving
-        if self._pending or self._lock.locked():
+        if self._pending or self._lock is not None:
             # Not expected (a writer takes the batch first), but keep the order.
             self._pending += data
             self._start_flush()
@@ -230,12 +217,24 @@ class HubStream(trio.abc.Stream):
             # connection costs no task for this.
             self._nursery.start_soon(self._flush_pending)
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Write ``data`` after anything pending (used by trio-websocket)."""
-        async with self._lock:
-            await self._send_locked(data)
-            if data[:1] == bytes([_FIN_CLOSE]):
-                self._close_frame_sent = True
+    async def send_all(self, data: bytes) -> None:
+        """Write a control frame (ping, pong, close) after anything pending.
+
+        After a close frame, message frames are refused (:meth:`write_frames`,
+        :meth:`write_nowait`); after :meth:`send_eof`, everything is dropped
+        quietly: a pong that the engine queues while we close has nowhere to go.
+        """
+        if data[:1] == bytes([_FIN_CLOSE]):
+            # Before the write: from now on no message frame may be taken.
+            self._close_frame_sent = True
+        lock = self._take_lock()
+        try:
+            async with lock:
+                if self._eof_sent or self._closed:
+                    return
+                await self._send_locked(data)
+        finally:
+            self._drop_lock(lock)
 
     async def write_frames(self, data: bytes) -> None:
         """Write message frames, unless a close frame has gone out already.
@@ -243,10 +242,47 @@ class HubStream(trio.abc.Stream):
         Raises:
             trio.ClosedResourceError: if the WebSocket is closing.
         """
-        async with self._lock:
-            if self._close_frame_sent:
-                raise trio.ClosedResourceError("the WebSocket is closing")
-            await self._send_locked(data)
+        lock = self._take_lock()
+        try:
+            async with lock:
+                if self._close_frame_sent or self._eof_sent:
+                    raise trio.ClosedResourceError("the WebSocket is closing")
+                await self._send_locked(data)
+        finally:
+            self._drop_lock(lock)
+
+    async def send_eof(self) -> None:
+        """Half-close: flush what was taken, then shut the socket's sending side.
+
+        Idempotent. The peer then reads everything written, and EOF after it,
+        while we can still read (and discard) what it sends.
+        """
+        lock = self._take_lock()
+        try:
+            async with lock:
+                if self._eof_sent or self._closed or self._broken:
+                    return
+                if self._batch or self._pending:
+                    await self._send_locked(b"")
+                self._eof_sent = True
+                try:
+                    self._inner.socket.shutdown(socket.SHUT_WR)
+                except OSError:
+                    self._broken = True
+        finally:
+            self._drop_lock(lock)
+
+    def _take_lock(self) -> trio.StrictFIFOLock:
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = trio.StrictFIFOLock()
+        return lock
+
+    def _drop_lock(self, lock: trio.StrictFIFOLock) -> None:
+        # A waiter takes the lock over as it is released: unlocked means
+        # nobody holds it or waits for it, so the next write makes a new one.
+        if self._lock is lock and not lock.locked():
+            self._lock = None
 
     async def _send_locked(self, data: bytes | bytearray | memoryview) -> None:
         if self._broken:
@@ -284,16 +320,21 @@ class HubStream(trio.abc.Stream):
             view.release()
 
     async def _flush_pending(self) -> None:
+        # Shielded, like the client it writes for (it may run in a nursery
+        # that outer cancellation reaches first): a remainder cut off would
+        # end the stream inside a frame. Bounded all the same: closing the
+        # socket (the client's close or abort) wakes it with an error.
         try:
-            async with self._lock:
-                if self._pending:
-                    await self._send_locked(b"")
+            with trio.CancelScope(shield=True):
+                lock = self._take_lock()
+                try:
+                    async with lock:
+                        if self._pending and not self._closed:
+                            await self._send_locked(b"")
+                finally:
+                    self._drop_lock(lock)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the reader sees the connection end, and the client leaves
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """See :meth:`trio.abc.SendStream.wait_send_all_might_not_block`."""
-        await self._inner.wait_send_all_might_not_block()
 
     async def abort(self) -> None:
         """Close the socket at once, without any further bytes."""
@@ -301,80 +342,6 @@ class HubStream(trio.abc.Stream):
         await trio.aclose_forcefully(self._inner)
 
     async def aclose(self) -> None:
-        """Close the socket, sending the close frame trio-websocket skipped, if any.
-
-        trio-websocket drops the TCP connection without a close frame when the
-        peer sent a frame that fails to parse (invalid UTF-8: 1007, protocol
-        errors: 1002). The peer deserves the code, so send it here, after the
-        frames already taken (a remainder, and frames that wait for the
-        coalescer), so that it never lands inside one. A write in progress
-        owns the stream: wait for it briefly (it usually ends at once), but
-        never block on a peer that does not read.
-        """
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
+        """Close the socket; what was not written by now is lost."""
         self._closed = True
-        connection = self.connection
-        try:
-            if (
-                connection is not None
-                and connection.closed is not None
-                and not self._close_frame_sent
-                and connection.closed.code in (CloseCode.INVALID_PAYLOAD, 1002)
-            ):
-                # Shielded: the connection's task is cancelled as soon as the
-                # client has left, which may be while this waits.
-                with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_FRAME_WAIT):
-                    async with self._lock:
-                        if not self._broken and not self._close_frame_sent:
-                            self._close_frame_sent = True
-                            taken = self._pending + b"".join(self._batch)
-                            self._pending = b""
-                            self._batch.clear()
-                            self._batch_bytes = 0
-                            frame = _close_frame(connection.closed.code, "invalid frame")
-                            with contextlib.suppress(OSError):
-                                os.write(self._fd, taken + frame)
-        finally:
-            await self._inner.aclose()
-
-
-@final
-class FastWebSocketTransport(WebSocketTransport):
-    """A :class:`~trio_hub.Transport` for connections served by :func:`serve_hub`.
-
-    trio-websocket handles the handshake, reading, pings and the close
-    handshake (inherited from :class:`~trio_hub.WebSocketTransport`); message
-    frames are built once per message and written through the
-    :class:`HubStream`, straight from ``broadcast()`` when the socket is idle.
-    """
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, connection: WebSocketConnection, stream: HubStream) -> None:
-        super().__init__(connection)
-        self._stream = stream
-
-    async def send_batch(self, messages: Sequence[Message]) -> None:
-        """See :meth:`trio_hub.Transport.send_batch`: one write for the batch."""
-        if self._connection.closed is not None:
-            raise transport_closed(ConnectionClosed(self._connection.closed))
-        data = b"".join([text_frame(message) for message in messages])
-        try:
-            await self._stream.write_frames(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise TransportClosed(None, "connection lost") from None
-
-    def send_nowait(self, message: Message) -> bool:
-        """See :meth:`trio_hub.Transport.send_nowait`."""
-        if self._connection.closed is not None:
-            return False
-        return self._stream.write_nowait(text_frame(message))
-
-    async def abort(self) -> None:
-        """See :meth:`trio_hub.Transport.abort`."""
-        await self._stream.abort()
-
-    def __repr__(self) -> str:
-        return f"<FastWebSocketTransport {self._connection.remote}>"
+        await self._inner.aclose()
