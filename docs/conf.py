@@ -35,7 +35,8 @@ extensions = [
     "sphinxcontrib_trio",
 ]
 
-exclude_patterns = ["_build", "examples", "_intersphinx", "Thumbs.db", ".DS_Store"]
+# changes/: one entry per change, pulled into changelog.rst with ".. include::".
+exclude_patterns = ["_build", "examples", "_intersphinx", "changes", "Thumbs.db", ".DS_Store"]
 # Plain `backquotes` are cross-references, as in trio's own docs.
 default_role = "py:obj"
 primary_domain = "py"

@@ -7,6 +7,7 @@ subprocess. Every wait has a time limit, and the server is always killed.
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import signal
@@ -210,4 +211,50 @@ def test_the_page_passes_its_token_on(browser: Browser) -> None:
         expect(admitted.locator("#feed b")).to_have_count(0)
         # The token is not shown on the page.
         expect(admitted.locator("body")).not_to_contain_text("letmein")
+    assert errors == []
+
+
+BROADCAST_FROM_PAGE: Final = """
+async ([url, payload]) => {
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const received = new Promise((resolve) => {
+        ws.onmessage = (event) => {
+            const message = JSON.parse(event.data);
+            if (message.type === "broadcast") resolve(message.payload);
+        };
+    });
+    ws.send(JSON.stringify({type: "broadcast", payload: payload}));
+    const echoed = await received;
+    ws.close();
+    return {extensions: ws.extensions, same: JSON.stringify(echoed) === JSON.stringify(payload)};
+}
+"""
+
+
+def test_chromium_negotiates_compression_beside_plain_clients(browser: Browser) -> None:
+    from websockets.sync.client import connect
+
+    errors: list[str] = []
+    payload = {"lines": [{"user": f"u{n % 5}", "text": f"line {n} of the page"} for n in range(80)]}
+    with running_server() as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        with (
+            connect(url, compression=None, proxy=None, open_timeout=10) as plain,
+            connect(url, proxy=None, open_timeout=10) as compressing,
+        ):
+            for client in (plain, compressing):  # registered once answered
+                client.send('{"type":"echo"}')
+                client.recv(timeout=WAIT_MS / 1000)
+            page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+            result = page.evaluate(BROADCAST_FROM_PAGE, [url, payload])
+            # Chromium always offers permessage-deflate; the hub accepted it.
+            assert result["extensions"].startswith("permessage-deflate")
+            assert "server_no_context_takeover" in result["extensions"]
+            assert result["same"] is True
+            expected = {"type": "broadcast", "payload": payload}
+            assert json.loads(plain.recv(timeout=WAIT_MS / 1000)) == expected
+            assert json.loads(compressing.recv(timeout=WAIT_MS / 1000)) == expected
+            assert plain.protocol.extensions == []
+            assert [e.name for e in compressing.protocol.extensions] == ["permessage-deflate"]
     assert errors == []
