@@ -43,7 +43,10 @@ With ``--compression`` every client offers permessage-deflate (as Chromium does:
 ``permessage-deflate; client_max_window_bits``), the run fails if the server does not
 accept it, and the receivers inflate compressed frames (one decompressor per connection,
 kept across messages unless the server said ``server_no_context_takeover``) before
-checking the token. ``--payload words`` pads the messages with JSON-ish text instead of
+checking the token; with ``--check one`` only the first receiver does, and the others
+count compressed frames without inflating them, so that inflating does not slow the
+load generator (order and content are then checked on one connection, loss on all).
+``--payload words`` pads the messages with JSON-ish text instead of
 ``xxx...``, which would compress to nothing.
 """
 
@@ -298,6 +301,9 @@ class _Connection(asyncio.Protocol):
         self.deflate = False
         self.deflate_reset = False
         self.decompressor: zlib._Decompress | None = None
+        # False: count compressed frames without inflating or checking them
+        # (--check one, for every receiver but the first).
+        self.check_compressed = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
@@ -386,7 +392,9 @@ class _Connection(asyncio.Protocol):
                     self.fanout.error(f"server sent close {code}")
             elif opcode in (_OP_TEXT, _OP_BINARY, _OP_CONTINUATION):
                 if first & 0x80:  # FIN: a whole message is in
-                    if first & _RSV1:
+                    if first & _RSV1 and not self.check_compressed:
+                        self.message(b"", -1, -1, opcode)
+                    elif first & _RSV1:
                         data, data_start, data_end = self.inflate(buf, start, end)
                         self.message(data, data_start, data_end, opcode)
                     else:
@@ -441,7 +449,10 @@ class Receiver(_Connection):
         index = self.count
         # Frame k must carry message k's token: catches loss, duplicates and reordering
         # (and any non-broadcast frame) for one bytes.find(), no JSON decoding.
-        if opcode != _OP_TEXT or (index < len(tokens) and buf.find(tokens[index], start, end) < 0):
+        # (start < 0: a compressed frame this receiver only counts.)
+        if opcode != _OP_TEXT or (
+            start >= 0 and index < len(tokens) and buf.find(tokens[index], start, end) < 0
+        ):
             self.fanout.error(f"receiver frame {index} is not message {index}: {buf[start:end]!r}")
         self.count = index + 1
 
@@ -560,6 +571,7 @@ class Options:
     timeout: float
     compression: bool
     payload: str
+    check: str
 
 
 async def _open(
@@ -663,7 +675,12 @@ async def run(options: Options) -> LoadgenResult:
 
         async def open_receiver(port: int) -> None:
             async with gate:
-                receivers.append(await _open(loop, options, Receiver, fanout, port))
+                receiver = await _open(loop, options, Receiver, fanout, port)
+                # --check one: only the first receiver inflates and checks compressed
+                # frames, so that the load generator is as fast with compression as
+                # without (the others still count every frame).
+                receiver.check_compressed = options.check == "all" or not receivers
+                receivers.append(receiver)
 
         async with asyncio.timeout(options.timeout + options.clients / 50):
             await asyncio.gather(
@@ -811,6 +828,12 @@ def _parse(argv: list[str] | None) -> Options:
     )
     parser.add_argument(
         "--payload", choices=["x", "words"], default="x", help="what pads the messages"
+    )
+    parser.add_argument(
+        "--check",
+        choices=["all", "one"],
+        default="all",
+        help="which receivers inflate and check compressed frames (the others count them)",
     )
     args = parser.parse_args(argv)
     return Options(**vars(args))

@@ -282,6 +282,7 @@ def run_once(
     cpus: tuple[int | None, int | None],
     compression: str = "off",
     payload: str = "x",
+    check: str = "all",
 ) -> RunResult:
     """One fresh server, one load generator run against it.
 
@@ -292,6 +293,7 @@ def run_once(
         cpus: Cores for the server and for the load generator.
         compression: ``off`` or ``deflate`` (permessage-deflate, offered and required).
         payload: What pads the messages: ``x`` or ``words`` (see ``loadgen.py``).
+        check: Which receivers inflate and check compressed frames: ``all`` or ``one``.
 
     Returns:
         What the load generator measured.
@@ -323,6 +325,7 @@ def run_once(
             f"--seconds={profile.seconds}",
             f"--timeout={profile.timeout}",
             f"--payload={payload}",
+            f"--check={check}",
             *(["--compression"] if compression == "deflate" else []),
         ]
         # Bounded: connecting, warm-up and the window, plus every batch timing out once.
@@ -509,6 +512,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default="x",
         help="message padding: x (the shootout's) or words (JSON-ish text, for compression)",
     )
+    parser.add_argument(
+        "--check",
+        choices=["all", "one"],
+        default="all",
+        help="which receivers inflate and check compressed frames (see loadgen.py)",
+    )
     args = parser.parse_args(argv)
     if args.baseline_tree is not None:
         SERVERS["trio_hub_base"] = baseline_spec(args.baseline_tree.resolve())
@@ -580,7 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         flush=True,
                     )
                     try:
-                        result = run_once(spec, count, profile, cpus, mode, args.payload)
+                        result = run_once(
+                            spec, count, profile, cpus, mode, args.payload, args.check
+                        )
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
                         status[name] = f"failed: {exc}"
                         print(f"FAILED {name} N={count}: {exc}", file=sys.stderr, flush=True)
