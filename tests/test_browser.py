@@ -358,4 +358,49 @@ def test_the_page_says_when_the_server_does_not_track_presence(browser: Browser)
         subscribe(page, "news")
         expect(page.locator("#presence-section")).to_have_attribute("data-presence", "off")
         expect(page.locator('#feed li[data-type="error"]')).to_have_count(0)
+
+
+BROADCAST_FROM_PAGE: Final = """
+async ([url, payload]) => {
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const received = new Promise((resolve) => {
+        ws.onmessage = (event) => {
+            const message = JSON.parse(event.data);
+            if (message.type === "broadcast") resolve(message.payload);
+        };
+    });
+    ws.send(JSON.stringify({type: "broadcast", payload: payload}));
+    const echoed = await received;
+    ws.close();
+    return {extensions: ws.extensions, same: JSON.stringify(echoed) === JSON.stringify(payload)};
+}
+"""
+
+
+def test_chromium_negotiates_compression_beside_plain_clients(browser: Browser) -> None:
+    from websockets.sync.client import connect
+
+    errors: list[str] = []
+    payload = {"lines": [{"user": f"u{n % 5}", "text": f"line {n} of the page"} for n in range(80)]}
+    with running_server() as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        with (
+            connect(url, compression=None, proxy=None, open_timeout=10) as plain,
+            connect(url, proxy=None, open_timeout=10) as compressing,
+        ):
+            for client in (plain, compressing):  # registered once answered
+                client.send('{"type":"echo"}')
+                client.recv(timeout=WAIT_MS / 1000)
+            page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+            result = page.evaluate(BROADCAST_FROM_PAGE, [url, payload])
+            # Chromium always offers permessage-deflate; the hub accepted it.
+            assert result["extensions"].startswith("permessage-deflate")
+            assert "server_no_context_takeover" in result["extensions"]
+            assert result["same"] is True
+            expected = {"type": "broadcast", "payload": payload}
+            assert json.loads(plain.recv(timeout=WAIT_MS / 1000)) == expected
+            assert json.loads(compressing.recv(timeout=WAIT_MS / 1000)) == expected
+            assert plain.protocol.extensions == []
+            assert [e.name for e in compressing.protocol.extensions] == ["permessage-deflate"]
     assert errors == []

@@ -45,6 +45,7 @@ from ._server import HandshakeRequest as HandshakeRequest
 from ._server import HubServer as HubServer
 from ._server import serve_hub as serve_hub
 from ._statistics import ClientStatistics as ClientStatistics
+from ._statistics import CompressionStatistics as CompressionStatistics
 from ._statistics import HubStatistics as HubStatistics
 from ._transport import Transport as Transport
 from ._transport import WebSocketTransport as WebSocketTransport
@@ -61,6 +62,7 @@ __all__ = [
     "Client",
     "ClientStatistics",
     "CloseCode",
+    "CompressionStatistics",
     "Grant",
     "HandshakeRejection",
     "HandshakeRequest",

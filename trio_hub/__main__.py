@@ -167,6 +167,15 @@ def _parser() -> argparse.ArgumentParser:
         help="largest inbound message; a bigger one closes its client with 1009",
     )
     limits.add_argument(
+        "--compression",
+        choices=["off", "deflate"],
+        default="deflate",
+        help=(
+            "permessage-deflate with the clients that offer it, as browsers do: each "
+            "message is compressed once for all of them; off never compresses"
+        ),
+    )
+    limits.add_argument(
         "--max-connections",
         type=_positive_int,
         default=None,
@@ -644,6 +653,9 @@ async def _serve(options: argparse.Namespace) -> int:
                                 max_message_size=options.max_message_size,
                                 api_key=options.api_key,
                                 metrics="off" if options.metrics_address else options.metrics,
+                                compression=(
+                                    "deflate" if options.compression == "deflate" else None
+                                ),
                             )
                         )
                     except OSError as exc:

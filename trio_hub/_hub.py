@@ -14,6 +14,7 @@ from trio_websocket import WebSocketConnection
 
 from ._client import Client
 from ._closecodes import CloseCode
+from ._compression import CompressionCounters
 from ._config import HubConfig, MessageHandler
 from ._errors import HubClosedError, MessageError
 from ._history import (
@@ -73,6 +74,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_clients",
         "_closed",
         "_closing",
+        "_compression",
         "_config",
         "_deliveries",
         "_discarded",
@@ -143,6 +145,8 @@ class Hub(metaclass=NoPublicConstructor):
         self._registrations = 0
         # Set by open_hub(presence=True): see _presence.py.
         self._presence: _PresenceTracker | None = None
+        # Counted by the served connections that negotiated permessage-deflate.
+        self._compression = CompressionCounters()
 
     # ---------------------------------------------------------- registration
 
@@ -686,6 +690,7 @@ class Hub(metaclass=NoPublicConstructor):
             history_errors=history.history_errors if history else 0,
             history_local_only=history.local_only if history else 0,
             history_gaps=history.gaps if history else 0,
+            compression=self._compression.snapshot(),
         )
 
     # -------------------------------------------------------------- shutdown

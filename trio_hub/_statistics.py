@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import final
 
 from .backends._base import BackendStatistics
 
-__all__ = ["ClientStatistics", "HubStatistics"]
+__all__ = ["ClientStatistics", "CompressionStatistics", "HubStatistics"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,9 +62,12 @@ class HubStatistics:
         presence_leaves: Entries this node has removed (subscriptions ended).
         presence_expirations: Other nodes' entries that this node saw expire
             because their node stopped answering (see :doc:`/howto/presence`).
+        compression: permessage-deflate's counters (all zero while no client
+            negotiated it).
 
     .. versionchanged:: 0.2
-       The ``history_*``, ``recover*`` and ``presence_*`` fields.
+       The ``history_*``, ``recover*``, ``presence_*`` and ``compression``
+       fields.
     """
 
     clients: int
@@ -88,10 +92,52 @@ class HubStatistics:
     history_errors: int
     history_local_only: int
     history_gaps: int
+    compression: CompressionStatistics
     presence_entries: int = 0
     presence_joins: int = 0
     presence_leaves: int = 0
     presence_expirations: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompressionStatistics:
+    """Counters of permessage-deflate, in :attr:`HubStatistics.compression`.
+
+    Outbound sizes are whole frames (header included), as they go on the wire;
+    inbound ones are payloads, compressed and inflated.
+    Outbound messages are counted once each, when their compressed frame is
+    built (however many clients it then reaches); deliveries are counted per
+    client, when a compressed frame is handed to the connection.
+
+    Attributes:
+        messages_compressed: Messages whose compressed frame was built.
+        messages_uncompressed: Messages sent to compressing clients as plain
+            frames: under the size threshold (128 bytes), or not smaller
+            compressed (each counted once).
+        bytes_before: Plain frame sizes of the compressed messages.
+        bytes_after: Their compressed frame sizes.
+        deliveries_compressed: Compressed frames handed to connections.
+        delivered_bytes_before: What those deliveries would have been as
+            plain frames.
+        delivered_bytes_after: What they were.
+        inbound_messages: Compressed messages received from clients.
+        inbound_bytes_before: Their compressed payload sizes.
+        inbound_bytes_after: Their decompressed sizes.
+
+    .. versionadded:: 0.2
+    """
+
+    messages_compressed: int = 0
+    messages_uncompressed: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    deliveries_compressed: int = 0
+    delivered_bytes_before: int = 0
+    delivered_bytes_after: int = 0
+    inbound_messages: int = 0
+    inbound_bytes_before: int = 0
+    inbound_bytes_after: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
