@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -398,18 +397,8 @@ async def test_bad_metrics_addresses_exit_2(args: tuple[str, ...], complaint: st
 # ------------------------------------------------------ two nodes on Redis
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-async def test_the_api_of_any_node_reaches_every_node(redis: RedisServer) -> None:
-    node = ("--redis", redis.url, "--redis-prefix", PREFIX, "--api-key", KEY)
+async def test_the_api_of_any_node_reaches_every_node(redis_server: RedisServer) -> None:
+    node = ("--redis", redis_server.url, "--redis-prefix", PREFIX, "--api-key", KEY)
     with trio.fail_after(60):
         async with (
             running_server(*node) as node_a,
@@ -422,7 +411,7 @@ async def test_the_api_of_any_node_reaches_every_node(redis: RedisServer) -> Non
                 await request(connection, "subscribe", {"topic": "orders"})
                 assert (await receive(connection))["type"] == "subscribed"
             await wait_for_subscribers(
-                redis.url, {f"{PREFIX}:broadcast": 2, f"{PREFIX}:topic:orders": 2}
+                redis_server.url, {f"{PREFIX}:broadcast": 2, f"{PREFIX}:topic:orders": 2}
             )
             response = await http.post(
                 f"{base(node_a.port)}/api/publish",

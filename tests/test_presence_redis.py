@@ -51,16 +51,6 @@ from .test_redis import LIMIT, eventually, wait_for_state
 TTL = 1.0  # seconds: presence_ttl for these tests, short so that expiry is quick
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 @asynccontextmanager
 async def presence_node(url: str, **settings: Any) -> AsyncIterator[tuple[Hub, RedisBackend]]:
     backend = RedisBackend(url, presence_ttl=TTL, **settings)

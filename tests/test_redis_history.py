@@ -50,16 +50,6 @@ LIMIT = 30  # seconds, for any one test
 T = TypeVar("T")
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 def item(n: int) -> Message:
     return Message("message", {"topic": "t", "n": n})
 
