@@ -115,7 +115,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the fan-out and scale-out benchmarks; `nox -s bench -- --quick` is CI's smoke test.
+    """Run the fan-out, scale-out and recovery benchmarks; `-- --quick` is CI's smoke test.
 
     `--quick` runs the closed and the open loop briefly against every peer, the Go
     gorilla Hub/Client included (built from Debian packages, installed here if missing).
@@ -124,12 +124,17 @@ def bench(session: nox.Session) -> None:
     require_system_packages(
         session, "redis-server", "golang-go", "golang-github-gorilla-websocket-dev"
     )
+    """Run the fan-out, scale-out and presence benchmarks; `-- --quick` is CI's smoke test."""
     install_groups(session, "bench", editable=False)
     session.install(".[redis]")  # bench/scaleout.py runs nodes on Redis (needs redis-server)
     args = session.posargs or ["--quick"]
     session.run("python", "bench/run.py", *args)
     # The other arguments are run.py's; run `python bench/scaleout.py --help` for its own.
     session.run("python", "bench/scaleout.py", *(["--quick"] if "--quick" in args else []))
+    # History and recovery: bench/recovery.py --help for its own arguments.
+    session.run("python", "bench/recovery.py", *(["--quick"] if "--quick" in args else []))
+    # Presence: CPU per join/leave with many subscribers, one node and over Redis.
+    session.run("python", "bench/presence.py", *(["--quick"] if "--quick" in args else []))
 
 
 @nox.session

@@ -35,7 +35,19 @@ What is measured, over a window that follows a warm-up:
 * latency of each message: from just before the sender wrote it to the moment the last
   receiver got it (publish to last client);
 * server CPU per delivery, user and kernel, from ``/proc/<pid>/stat`` via psutil;
-* server memory per idle connection: RSS growth across connecting the receivers, / N.
+* server memory per idle connection: RSS growth across connecting the receivers, / N;
+* bytes on the wire per delivery: what the receivers read in the window (frame headers
+  included), / their deliveries.
+
+With ``--compression`` every client offers permessage-deflate (as Chromium does:
+``permessage-deflate; client_max_window_bits``), the run fails if the server does not
+accept it, and the receivers inflate compressed frames (one decompressor per connection,
+kept across messages unless the server said ``server_no_context_takeover``) before
+checking the token; with ``--check one`` only the first receiver does, and the others
+count compressed frames without inflating them, so that inflating does not slow the
+load generator (order and content are then checked on one connection, loss on all).
+``--payload words`` pads the messages with JSON-ish text instead of
+``xxx...``, which would compress to nothing.
 """
 
 from __future__ import annotations
@@ -46,11 +58,13 @@ import base64
 import hashlib
 import json
 import os
+import random
 import re
 import resource
 import socket
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Final, TypedDict, cast
 
@@ -63,6 +77,12 @@ _OP_BINARY: Final = 0x2
 _OP_CLOSE: Final = 0x8
 _OP_PING: Final = 0x9
 _OP_PONG: Final = 0xA
+_RSV1: Final = 0x40
+_DEFLATE_TAIL: Final = b"\x00\x00\xff\xff"
+_WORDS: Final = (
+    b"hello world the price is up down ok see you soon again later today "
+    b"alice bob carol dave news sport weather"
+).split()
 
 
 class LatencyStats(TypedDict):
@@ -112,6 +132,8 @@ class LoadgenResult(TypedDict):
     listener_count: int
     batch_size: int
     frame_bytes: int
+    compression: bool
+    wire_bytes_per_delivery: float
     messages: int
     deliveries: int
     window_s: float
@@ -163,16 +185,22 @@ def mask_frame(opcode: int, payload: bytes) -> bytes:
     return header + key + masked
 
 
-def _handshake_request(host: str, port: int) -> tuple[bytes, bytes]:
+def _handshake_request(host: str, port: int, compression: bool = False) -> tuple[bytes, bytes]:
     key = base64.b64encode(os.urandom(16))
+    extensions = (
+        b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        if compression
+        else b""
+    )
     request = (
         b"GET / HTTP/1.1\r\n"
         b"Host: %s:%d\r\n"
         b"Upgrade: websocket\r\n"
         b"Connection: Upgrade\r\n"
         b"Sec-WebSocket-Key: %s\r\n"
+        b"%s"
         b"Sec-WebSocket-Version: 13\r\n\r\n"
-    ) % (host.encode(), port, key)
+    ) % (host.encode(), port, key, extensions)
     accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())  # RFC 6455 mandates SHA-1 here
     return request, accept
 
@@ -201,6 +229,7 @@ class Fanout:
         self.batch_end = 0
         self.sender_results = 0
         self.sender_copies = 0
+        self.received_bytes = 0  # by the receivers
         self.waiter: asyncio.Future[None] | None = None
 
     def error(self, detail: str) -> None:
@@ -268,6 +297,14 @@ class _Connection(asyncio.Protocol):
         self.head = bytearray()
         self.buffer = bytearray()
         self.closing = False
+        # permessage-deflate, if negotiated: reset the decompressor per message
+        # (server_no_context_takeover) or keep it.
+        self.deflate = False
+        self.deflate_reset = False
+        self.decompressor: zlib._Decompress | None = None
+        # False: count compressed frames without inflating or checking them
+        # (--check one, for every receiver but the first).
+        self.check_compressed = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports quack like asyncio.Transport without subclassing it.
@@ -307,6 +344,9 @@ class _Connection(asyncio.Protocol):
             if not head.startswith(b"HTTP/1.1 101") or self.accept not in head:
                 self.opened.set_exception(LoadgenError(f"handshake refused: {head[:200]!r}"))
                 return
+            lowered = head.lower()
+            self.deflate = b"permessage-deflate" in lowered
+            self.deflate_reset = b"server_no_context_takeover" in lowered
             self.opened.set_result(None)
             if not rest:
                 return
@@ -353,11 +393,32 @@ class _Connection(asyncio.Protocol):
                     self.fanout.error(f"server sent close {code}")
             elif opcode in (_OP_TEXT, _OP_BINARY, _OP_CONTINUATION):
                 if first & 0x80:  # FIN: a whole message is in
-                    self.message(buf, start, end, opcode)
+                    if first & _RSV1 and not self.check_compressed:
+                        self.message(b"", -1, -1, opcode)
+                    elif first & _RSV1:
+                        data, data_start, data_end = self.inflate(buf, start, end)
+                        self.message(data, data_start, data_end, opcode)
+                    else:
+                        self.message(buf, start, end, opcode)
             elif opcode != _OP_PONG:
                 self.fanout.error(f"unknown opcode {opcode}")
             pos = end
         return pos
+
+    def inflate(self, buf: bytes | bytearray, start: int, end: int) -> tuple[bytes, int, int]:
+        """The decompressed payload of a frame with RSV1, as ``(buffer, start, end)``."""
+        if not self.deflate:
+            self.fanout.error("compressed frame without permessage-deflate")
+            return b"", 0, 0
+        decompressor = self.decompressor
+        if decompressor is None or self.deflate_reset:
+            decompressor = self.decompressor = zlib.decompressobj(-15)
+        try:
+            data = decompressor.decompress(bytes(buf[start:end]) + _DEFLATE_TAIL)
+        except zlib.error as exc:
+            self.fanout.error(f"invalid compressed frame: {exc}")
+            return b"", 0, 0
+        return data, 0, len(data)
 
     def message(self, buf: bytes | bytearray, start: int, end: int, opcode: int) -> None:
         raise NotImplementedError
@@ -381,6 +442,7 @@ class Receiver(_Connection):
 
     def data_received(self, data: bytes) -> None:
         before = self.count
+        self.fanout.received_bytes += len(data)
         super().data_received(data)
         if self.count != before:
             self.fanout.delivered(before, self.count)
@@ -390,7 +452,10 @@ class Receiver(_Connection):
         index = self.count
         # Frame k must carry message k's token: catches loss, duplicates and reordering
         # (and any non-broadcast frame) for one bytes.find(), no JSON decoding.
-        if opcode != _OP_TEXT or (index < len(tokens) and buf.find(tokens[index], start, end) < 0):
+        # (start < 0: a compressed frame this receiver only counts.)
+        if opcode != _OP_TEXT or (
+            start >= 0 and index < len(tokens) and buf.find(tokens[index], start, end) < 0
+        ):
             self.fanout.error(f"receiver frame {index} is not message {index}: {buf[start:end]!r}")
         self.count = index + 1
 
@@ -513,6 +578,9 @@ class Options:
     senders: int
     warmup_seconds: float
     late_ms: float
+    compression: bool
+    payload: str
+    check: str
 
 
 async def _open(
@@ -523,11 +591,14 @@ async def _open(
     port: int | None = None,
 ) -> _Connection:
     port = options.port if port is None else port
-    request, accept = _handshake_request(options.host, port)
+    request, accept = _handshake_request(options.host, port, options.compression)
     _, protocol = await loop.create_connection(
         lambda: factory(fanout, request, accept), options.host, port
     )
     await protocol.opened
+    if options.compression and not protocol.deflate:
+        protocol.close()
+        raise LoadgenError("the server did not accept permessage-deflate")
     return protocol
 
 
@@ -556,12 +627,22 @@ async def run(options: Options) -> LoadgenResult:
     template = json.dumps(
         {"type": "broadcast", "payload": {"seq": "", "pad": ""}}, separators=(",", ":")
     )
-    pad = "x" * max(0, options.message_bytes - len(template) - len(tokens[0]))
+    pad_length = max(0, options.message_bytes - len(template) - len(tokens[0]))
+    rng = random.Random(1)
+
+    def pad() -> str:
+        if options.payload == "x":
+            return "x" * pad_length
+        # Different text in every message, from a small vocabulary, as chat or
+        # news traffic: what compresses (and what context takeover gains) is real.
+        words = b" ".join(rng.choice(_WORDS) for _ in range(pad_length // 3 + 1))
+        return words[:pad_length].decode()
+
     frames = [
         mask_frame(
             _OP_TEXT,
             json.dumps(
-                {"type": "broadcast", "payload": {"seq": token.decode(), "pad": pad}},
+                {"type": "broadcast", "payload": {"seq": token.decode(), "pad": pad()}},
                 separators=(",", ":"),
             ).encode(),
         )
@@ -603,7 +684,12 @@ async def run(options: Options) -> LoadgenResult:
 
         async def open_receiver(port: int) -> None:
             async with gate:
-                receivers.append(await _open(loop, options, Receiver, fanout, port))
+                receiver = await _open(loop, options, Receiver, fanout, port)
+                # --check one: only the first receiver inflates and checks compressed
+                # frames, so that the load generator is as fast with compression as
+                # without (the others still count every frame).
+                receiver.check_compressed = options.check == "all" or not receivers
+                receivers.append(receiver)
 
         async with asyncio.timeout(options.timeout + options.clients / 50):
             await asyncio.gather(
@@ -623,6 +709,7 @@ async def run(options: Options) -> LoadgenResult:
 
         first_measured = sent
         window_start = time.perf_counter()
+        received_before = fanout.received_bytes
         server_before, me_before = _times(server), _times(me)
         others_before = [_times(other) for other in others]
         cores_before = _core_times()
@@ -636,6 +723,7 @@ async def run(options: Options) -> LoadgenResult:
             ):
                 break
         window_s = time.perf_counter() - window_start
+        received_in_window = fanout.received_bytes - received_before
         server_after, me_after = _times(server), _times(me)
         others_after = [_times(other) for other in others]
         cores_after = _core_times()
@@ -666,6 +754,8 @@ async def run(options: Options) -> LoadgenResult:
         "listener_count": listeners,
         "batch_size": options.batch_size,
         "frame_bytes": sender.frame_bytes,
+        "compression": options.compression,
+        "wire_bytes_per_delivery": received_in_window / max(1, messages * options.clients),
         "messages": messages,
         "deliveries": deliveries,
         "window_s": window_s,
@@ -1196,6 +1286,18 @@ def _parse(argv: list[str] | None) -> Options:
         type=float,
         default=250.0,
         help="open loop: count deliveries still missing this long after the last result",
+    )
+    parser.add_argument(
+        "--compression", action="store_true", help="offer permessage-deflate, require it"
+    )
+    parser.add_argument(
+        "--payload", choices=["x", "words"], default="x", help="what pads the messages"
+    )
+    parser.add_argument(
+        "--check",
+        choices=["all", "one"],
+        default="all",
+        help="which receivers inflate and check compressed frames (the others count them)",
     )
     args = parser.parse_args(argv)
     return Options(**vars(args))

@@ -7,6 +7,8 @@ Usage::
     python bench/run.py --servers naive_trio,trio_hub --clients 100,1000 --repeats 5
     python bench/run.py --load open --step 1000 --max-clients 8000   # open loop, N by 1,000
     python bench/run.py --servers trio_hub --baseline-tree /tmp/base   # against another checkout
+    python bench/run.py --servers trio_hub,websockets_asyncio --compression off,deflate \
+        --payload words               # permessage-deflate on and off, side by side
 
 For every server, client count and repeat it starts a fresh server process pinned to
 one core and a fresh ``loadgen.py`` process pinned to another, lets the load generator
@@ -75,6 +77,7 @@ class ServerSpec:
             ``listening on ws://HOST:PORT/`` to stderr once it accepts connections.
         description: One line for the report.
         unavailable: Returns why the server cannot run here, or ``None`` if it can.
+        compression: Whether it takes ``--compression {off,deflate}`` (permessage-deflate).
     """
 
     name: str
@@ -82,6 +85,7 @@ class ServerSpec:
     description: str
     unavailable: Callable[[], str | None] = field(default=lambda: None)
     cwd: Path = ROOT
+    compression: bool = False
 
 
 def _trio_hub_unavailable() -> str | None:
@@ -177,12 +181,14 @@ SERVERS: dict[str, ServerSpec] = {
             "websockets_asyncio",
             [PYTHON, str(BENCH / "servers" / "websockets_asyncio.py"), "--port", "0"],
             "websockets.asyncio server + synchronous broadcast()",
+            compression=True,
         ),
         ServerSpec(
             "trio_hub",
             [PYTHON, "-m", "trio_hub", "serve", "--host", "127.0.0.1", "--port", "0"],
             "python -m trio_hub serve",
             _trio_hub_unavailable,
+            compression=True,
         ),
         ServerSpec(
             "trio_hub_asgi",
@@ -295,6 +301,7 @@ class Summary(TypedDict):
     loadgen_cpu_percent: float
     loadgen_core_busy_percent: float
     bytes_per_idle_connection: float
+    wire_bytes_per_delivery: float
 
 
 @dataclass(frozen=True)
@@ -351,12 +358,15 @@ class _StderrTail:
 
 
 @contextlib.contextmanager
-def running_server(spec: ServerSpec, cpu: int | None) -> Iterator[tuple[int, int, _StderrTail]]:
+def running_server(
+    spec: ServerSpec, cpu: int | None, compression: str = "off"
+) -> Iterator[tuple[int, int, _StderrTail]]:
     """Start a server, wait until it listens, stop it (SIGTERM, then SIGKILL) on exit.
 
     Args:
         spec: The server.
         cpu: The core to pin it to, or ``None``.
+        compression: ``off`` or ``deflate``, for servers that take ``--compression``.
 
     Yields:
         Its pid, its port and its stderr.
@@ -364,8 +374,9 @@ def running_server(spec: ServerSpec, cpu: int | None) -> Iterator[tuple[int, int
     Raises:
         RuntimeError: It exited or did not announce its port in time.
     """
+    command = [*spec.command, f"--compression={compression}"] if spec.compression else spec.command
     process = subprocess.Popen(
-        spec.command,
+        command,
         cwd=spec.cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -399,6 +410,9 @@ def run_once(
     cpus: tuple[int | None, int | None],
     load: str = "closed",
     quiet_wait_s: float = QUIET_WAIT_S,
+    compression: str = "off",
+    payload: str = "x",
+    check: str = "all",
 ) -> RunResult:
     """One fresh server, one load generator run against it.
 
@@ -410,6 +424,9 @@ def run_once(
         load: ``closed`` (batches) or ``open`` (see ``loadgen.py``); an open-loop run
             returns an :class:`OpenRunResult` under the same type.
         quiet_wait_s: How long to wait for the cores to be quiet before the run.
+        compression: ``off`` or ``deflate`` (permessage-deflate, offered and required).
+        payload: What pads the messages: ``x`` or ``words`` (see ``loadgen.py``).
+        check: Which receivers inflate and check compressed frames: ``all`` or ``one``.
 
     Returns:
         What the load generator measured.
@@ -428,7 +445,7 @@ def run_once(
                 flush=True,
             )
             break
-    with running_server(spec, cpus[0]) as (pid, port, tail):
+    with running_server(spec, cpus[0], compression) as (pid, port, tail):
         command = [
             PYTHON,
             str(BENCH / "loadgen.py"),
@@ -440,6 +457,9 @@ def run_once(
             f"--max-batches={profile.max_batches}",
             f"--seconds={profile.seconds}",
             f"--timeout={profile.timeout}",
+            f"--payload={payload}",
+            f"--check={check}",
+            *(["--compression"] if compression == "deflate" else []),
         ]
         if load == "open":
             quick = profile == QUICK
@@ -505,6 +525,7 @@ def summarize(server: str, clients: int, runs: Sequence[LoadgenResult]) -> Summa
         "server_core_busy_percent": median(lambda r: core(r, r["server_cpus"])),
         "loadgen_cpu_percent": median(lambda r: r["loadgen_cpu"]["percent_of_one_core"]),
         "loadgen_core_busy_percent": median(lambda r: core(r, r["loadgen_cpus"])),
+        "wire_bytes_per_delivery": median(lambda r: r["wire_bytes_per_delivery"]),
         "bytes_per_idle_connection": median(lambda r: r["memory"]["bytes_per_idle_connection"]),
     }
 
@@ -625,11 +646,11 @@ def format_table(rows: Sequence[Summary]) -> str:
     header = (
         f"{'server':<19} {'N':>5} {'deliv/s':>9} {'lat p50':>8} {'lat p99':>8} "
         f"{'us/deliv':>8} {'usr':>5} {'sys':>5} {'srv%':>5} {'core0%':>6} "
-        f"{'lg%':>5} {'core1%':>6} {'KiB/idle':>8}"
+        f"{'lg%':>5} {'core1%':>6} {'KiB/idle':>8} {'B/deliv':>7}"
     )
     units = (
         f"{'':<19} {'':>5} {'':>9} {'ms':>8} {'ms':>8} {'cpu':>8} {'us':>5} {'us':>5} "
-        f"{'':>5} {'':>6} {'':>5} {'':>6} {'conn':>8}"
+        f"{'':>5} {'':>6} {'':>5} {'':>6} {'conn':>8} {'wire':>7}"
     )
     lines = [header, units, "-" * len(header)]
     for row in rows:
@@ -640,7 +661,8 @@ def format_table(rows: Sequence[Summary]) -> str:
             f"{row['server_system_us_per_delivery']:>5.1f} {row['server_cpu_percent']:>5.0f} "
             f"{row['server_core_busy_percent']:>6.0f} {row['loadgen_cpu_percent']:>5.0f} "
             f"{row['loadgen_core_busy_percent']:>6.0f} "
-            f"{row['bytes_per_idle_connection'] / 1024:>8.1f}"
+            f"{row['bytes_per_idle_connection'] / 1024:>8.1f} "
+            f"{row['wire_bytes_per_delivery']:>7.0f}"
         )
     return "\n".join(lines)
 
@@ -801,11 +823,32 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="also run `trio_hub serve` from this checkout, as trio_hub_base",
     )
+    parser.add_argument(
+        "--compression",
+        default="off",
+        help="comma-separated modes, from: off, deflate (permessage-deflate; each server "
+        "that supports it runs in each mode, as NAME+deflate)",
+    )
+    parser.add_argument(
+        "--payload",
+        choices=["x", "words"],
+        default="x",
+        help="message padding: x (the shootout's) or words (JSON-ish text, for compression)",
+    )
+    parser.add_argument(
+        "--check",
+        choices=["all", "one"],
+        default="all",
+        help="which receivers inflate and check compressed frames (see loadgen.py)",
+    )
     args = parser.parse_args(argv)
     if args.baseline_tree is not None:
         SERVERS["trio_hub_base"] = baseline_spec(args.baseline_tree.resolve())
         if "trio_hub_base" not in args.servers.split(","):
             args.servers += ",trio_hub_base"
+    modes = set(args.compression.split(","))
+    if modes - {"off", "deflate"}:
+        parser.error(f"unknown compression modes {sorted(modes - {'off', 'deflate'})}")
     unknown = set(args.servers.split(",")) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; known: {', '.join(SERVERS)}")
@@ -862,48 +905,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Summary] = []
     open_rows: list[OpenSummary] = []
     started = time.monotonic()
-    for name in args.servers.split(","):
-        spec = SERVERS[name]
-        reason = spec.unavailable()
-        if reason is not None:
-            status[name] = f"skipped: {reason}"
-            print(f"SKIPPED {name}: {reason}", file=sys.stderr, flush=True)
-            continue
-        status[name] = "ok"
-        for load in loads:
-            for count in _client_counts(args, load):
-                results: list[RunResult] = []
-                for repeat in range(repeats):
-                    print(
-                        f"{name} {load} N={count} repeat {repeat + 1}/{repeats} ...",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    try:
-                        result = run_once(spec, count, profile, cpus, load, args.quiet_wait_s)
-                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                        status[name] = f"failed: {exc}"
-                        print(f"FAILED {name} N={count}: {exc}", file=sys.stderr, flush=True)
+    for server_name in args.servers.split(","):
+        spec = SERVERS[server_name]
+        for mode in args.compression.split(","):
+            if mode == "deflate" and not spec.compression:
+                continue
+            name = server_name if mode == "off" else f"{server_name}+deflate"
+            reason = spec.unavailable()
+            if reason is not None:
+                status[name] = f"skipped: {reason}"
+                print(f"SKIPPED {name}: {reason}", file=sys.stderr, flush=True)
+                continue
+            status[name] = "ok"
+            for load in loads:
+                if load == "open" and mode == "deflate":
+                    continue  # the open loop's receivers read plain frames only
+                for count in _client_counts(args, load):
+                    results: list[RunResult] = []
+                    for repeat in range(repeats):
+                        print(
+                            f"{name} {load} N={count} repeat {repeat + 1}/{repeats} ...",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        try:
+                            result = run_once(
+                                spec,
+                                count,
+                                profile,
+                                cpus,
+                                load,
+                                args.quiet_wait_s,
+                                mode,
+                                args.payload,
+                                args.check,
+                            )
+                        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                            status[name] = f"failed: {exc}"
+                            print(f"FAILED {name} N={count}: {exc}", file=sys.stderr, flush=True)
+                            break
+                        results.append(result)
+                        runs.append({"server": name, "load": load, "repeat": repeat, **result})
+                    if not results or status[name] != "ok":
                         break
-                    results.append(result)
-                    runs.append({"server": name, "load": load, "repeat": repeat, **result})
-                if not results or status[name] != "ok":
+                    if load == "closed":
+                        rows.append(summarize(name, count, results))
+                        continue
+                    row = summarize_open(name, count, results)  # type: ignore[arg-type]
+                    open_rows.append(row)
+                    if row["round_trip_p95_ms"] > args.give_up_ms:
+                        print(
+                            f"{name}: p95 {row['round_trip_p95_ms']:.0f} ms > --give-up-ms, "
+                            "not stepping further",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        break
+                if status[name] != "ok":
                     break
-                if load == "closed":
-                    rows.append(summarize(name, count, results))
-                    continue
-                row = summarize_open(name, count, results)  # type: ignore[arg-type]
-                open_rows.append(row)
-                if row["round_trip_p95_ms"] > args.give_up_ms:
-                    print(
-                        f"{name}: p95 {row['round_trip_p95_ms']:.0f} ms > --give-up-ms, "
-                        "not stepping further",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    break
-            if status[name] != "ok":
-                break
 
     if rows:
         print(format_table(rows))
@@ -928,7 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": _versions(),
         "profile": profile.__dict__,
         "servers": {
-            name: {"description": SERVERS[name].description, "status": s}
+            name: {"description": SERVERS[name.split("+")[0]].description, "status": s}
             for name, s in status.items()
         },
         "summary": rows,

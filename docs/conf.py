@@ -55,10 +55,13 @@ napoleon_attr_annotations = True
 
 
 # JSONValue is recursive: expanded, it makes Message's signature unreadable.
-autodoc_type_aliases = {"JSONValue": "trio_hub.JSONValue"}
 # prometheus-client publishes no Sphinx inventory; its registry class is named
 # in HubServer.metrics_registry's signature.
 nitpick_ignore = [("py:class", "CollectorRegistry")]
+autodoc_type_aliases = {
+    "JSONValue": "trio_hub.JSONValue",
+    "PresenceEvents": "trio_hub.PresenceEvents",
+}
 
 # -- intersphinx --------------------------------------------------------------
 # The inventories are committed under docs/_intersphinx/ so that the build (and

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from .redis_server import RedisServer
 
 # CI runs more examples than a quick local run; both are deterministic per seed.
 settings.register_profile(
@@ -23,3 +27,14 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 # it has its own session, `nox -s reliability`, and stays out of a plain
 # `pytest`. Naming it, as in `pytest tests/reliability`, still runs it.
 collect_ignore = ["reliability"]
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free loopback port for one test, killed afterwards."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

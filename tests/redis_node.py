@@ -1,6 +1,8 @@
 """A hub node for the multi-process Redis tests: a hub on a RedisBackend behind WebSockets.
 
-Run from the repository's root: ``python -m tests.redis_node REDIS_URL PREFIX``.
+Run from the repository's root: ``python -m tests.redis_node REDIS_URL PREFIX [HISTORY_SIZE]``.
+With a history size, every topic has history and clients speak the ready
+server's wire protocol (:func:`trio_hub.protocol_handler`, with ``recover``).
 It prints ``listening on ws://127.0.0.1:PORT/`` on stderr once it serves, and
 runs until it is terminated.
 
@@ -29,7 +31,7 @@ from functools import partial
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from trio_hub import Client, Hub, JSONValue, Message, MessageHandler, open_hub
+from trio_hub import Client, Hub, JSONValue, Message, MessageHandler, open_hub, protocol_handler
 from trio_hub.backends.redis import RedisBackend
 
 
@@ -60,12 +62,12 @@ def handler_for(hub: Hub, backend: RedisBackend) -> MessageHandler:
     return on_message
 
 
-async def main(redis_url: str, prefix: str) -> None:
+async def main(redis_url: str, prefix: str, history_size: int | None = None) -> None:
     """Serve a hub on a RedisBackend on 127.0.0.1 (a free port) until cancelled."""
     backend = RedisBackend(redis_url, prefix=prefix)
     # A large queue: the tests count every message, so no client may be evicted.
-    async with open_hub(backend=backend, queue_size=100_000) as hub:
-        on_message = handler_for(hub, backend)
+    async with open_hub(backend=backend, queue_size=100_000, history_size=history_size) as hub:
+        on_message = handler_for(hub, backend) if history_size is None else protocol_handler
 
         async def serve(request: WebSocketRequest) -> None:
             connection = await request.accept()
@@ -81,4 +83,5 @@ async def main(redis_url: str, prefix: str) -> None:
 if __name__ == "__main__":
     # Warnings only: nobody reads this process's stderr after the first line.
     logging.basicConfig(level=logging.WARNING)
-    trio.run(main, sys.argv[1], sys.argv[2])
+    history_size = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    trio.run(main, sys.argv[1], sys.argv[2], history_size)

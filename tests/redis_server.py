@@ -134,9 +134,10 @@ class RedisServer:
 class NodeProcess:
     """A hub node (``tests/redis_node.py``) in its own process, serving WebSockets."""
 
-    def __init__(self, redis_url: str, *, prefix: str) -> None:
+    def __init__(self, redis_url: str, *, prefix: str, history_size: int | None = None) -> None:
+        history = [] if history_size is None else [str(history_size)]
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.redis_node", redis_url, prefix],
+            [sys.executable, "-m", "tests.redis_node", redis_url, prefix, *history],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

@@ -7,6 +7,7 @@ subprocess. Every wait has a time limit, and the server is always killed.
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import signal
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from websockets.sync.client import connect as ws_connect
+
+from .redis_server import RedisServer
 
 CHROMIUM: Final = "/usr/bin/chromium"
 CHROMIUM_ARGS: Final = [
@@ -233,4 +237,170 @@ def test_a_forbidden_broadcast_is_shown_plainly_and_a_jwt_page_connects(
         feed_entry(page, "error", "forbidden: 'pat' may not broadcast on this server")
         subscribe(page, "news")
         expect_connected(page)
+
+
+def publish_from_python(port: int, topic: str, numbers: range) -> None:
+    """Publish each number on ``topic`` through the wire protocol, in order."""
+    with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=15, close_timeout=5) as connection:
+        for number in numbers:
+            connection.send(
+                json.dumps({"type": "publish", "payload": {"topic": topic, "data": number}})
+            )
+            assert json.loads(connection.recv(timeout=15))["type"] == "publishResult"
+
+
+def shown_messages(page: Page) -> list[str]:
+    return page.locator('#feed li[data-type="message"] .body').all_text_contents()
+
+
+def test_the_page_recovers_what_it_missed_while_the_server_was_down(browser: Browser) -> None:
+    """The server is killed mid-stream; the page reconnects and recovers from Redis."""
+    errors: list[str] = []
+    redis = RedisServer()
+    redis.start()
+    args = ("--redis", redis.url, "--redis-prefix", "browser")
+    server = ServerProcess(*args)
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+        expect_connected(page)
+        subscribe(page, "ticks")
+        publish_from_python(server.port, "ticks", range(1, 41))
+        expect(page.locator('#feed li[data-type="message"]')).to_have_count(40)
+        # Killed without a goodbye: the page sees the connection drop.
+        server.stop(signal.SIGKILL)
+        server.kill()
+        expect(page.locator("#state")).to_have_attribute("data-state", "disconnected")
+        server = ServerProcess(*args, port=server.port)
+        # Published while the page is still away (its backoff has not run out).
+        publish_from_python(server.port, "ticks", range(41, 81))
+        expect_connected(page)
+        publish_from_python(server.port, "ticks", range(81, 101))
+        expect(page.locator('#feed li[data-type="message"]')).to_have_count(100)
+        # Every message once, in order, and no gap.
+        assert shown_messages(page) == [f"[ticks] {n}" for n in range(1, 101)]
+        expect(page.locator('#feed li[data-type="gap"]')).to_have_count(0)
+        feed_entry(page, "subscribed", "recovered")
+    finally:
+        server.kill()
+        redis.kill()
+    assert errors == []
+
+
+def test_the_page_shows_a_gap_it_cannot_recover(browser: Browser) -> None:
+    """A memory hub restarted loses its history: the page says so plainly."""
+    errors: list[str] = []
+    server = ServerProcess()
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+        expect_connected(page)
+        subscribe(page, "ticks")
+        publish_from_python(server.port, "ticks", range(1, 4))
+        expect(page.locator('#feed li[data-type="message"]')).to_have_count(3)
+        server.stop(signal.SIGKILL)
+        server.kill()
+        server = ServerProcess(port=server.port)
+        publish_from_python(server.port, "ticks", range(4, 6))  # missed for good
+        expect_connected(page)
+        feed_entry(page, "gap", "cannot be recovered")
+        publish_from_python(server.port, "ticks", range(6, 7))
+        feed_entry(page, "message", "[ticks] 6")
+        assert shown_messages(page) == [f"[ticks] {n}" for n in (1, 2, 3, 6)]
+    finally:
+        server.kill()
+
+
+def presence_of(page: Page, topic: str) -> Locator:
+    return page.locator(f'#presence > li[data-topic="{topic}"]')
+
+
+def test_the_page_shows_who_is_on_each_subscribed_topic(browser: Browser) -> None:
+    errors: list[str] = []
+    with running_server("--presence") as server:
+        url = f"http://127.0.0.1:{server.port}/"
+        first = open_page(browser, url, errors)
+        expect_connected(first)
+        subscribe(first, "news")
+        expect(presence_of(first, "news").locator(".count")).to_have_text("1 here")
+
+        second = open_page(browser, url, errors)
+        expect_connected(second)
+        subscribe(second, "news")
+        subscribe(second, "sport")
+        # The second page asked; the first heard a join.
+        for page in (first, second):
+            expect(presence_of(page, "news").locator(".count")).to_have_text("2 here")
+            expect(presence_of(page, "news").locator(".member")).to_have_count(2)
+        feed_entry(first, "join", "[news] anonymous #")
+        expect(presence_of(second, "sport").locator(".count")).to_have_text("1 here")
+        expect(presence_of(first, "sport")).to_have_count(0)  # not subscribed there
+
+        # Unsubscribing removes the topic from one's own list, and leaves the others'.
+        second.fill("#topic-input", "news")
+        second.click("#unsubscribe")
+        expect(presence_of(second, "news")).to_have_count(0)
+        expect(presence_of(first, "news").locator(".count")).to_have_text("1 here")
+        # Closing the page is a leave too.
+        second.click("#clear-feed")
+        subscribe(second, "news")
+        expect(presence_of(first, "news").locator(".count")).to_have_text("2 here")
+        first.click("#clear-feed")
+        second.close()
+        expect(presence_of(first, "news").locator(".count")).to_have_text("1 here")
+        feed_entry(first, "leave", "[news] anonymous #")
+    assert errors == []
+
+
+def test_the_page_says_when_the_server_does_not_track_presence(browser: Browser) -> None:
+    errors: list[str] = []
+    with running_server() as server:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+        expect_connected(page)
+        subscribe(page, "news")
+        expect(page.locator("#presence-section")).to_have_attribute("data-presence", "off")
+        expect(page.locator('#feed li[data-type="error"]')).to_have_count(0)
+
+
+BROADCAST_FROM_PAGE: Final = """
+async ([url, payload]) => {
+    const ws = new WebSocket(url);
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const received = new Promise((resolve) => {
+        ws.onmessage = (event) => {
+            const message = JSON.parse(event.data);
+            if (message.type === "broadcast") resolve(message.payload);
+        };
+    });
+    ws.send(JSON.stringify({type: "broadcast", payload: payload}));
+    const echoed = await received;
+    ws.close();
+    return {extensions: ws.extensions, same: JSON.stringify(echoed) === JSON.stringify(payload)};
+}
+"""
+
+
+def test_chromium_negotiates_compression_beside_plain_clients(browser: Browser) -> None:
+    from websockets.sync.client import connect
+
+    errors: list[str] = []
+    payload = {"lines": [{"user": f"u{n % 5}", "text": f"line {n} of the page"} for n in range(80)]}
+    with running_server() as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        with (
+            connect(url, compression=None, proxy=None, open_timeout=10) as plain,
+            connect(url, proxy=None, open_timeout=10) as compressing,
+        ):
+            for client in (plain, compressing):  # registered once answered
+                client.send('{"type":"echo"}')
+                client.recv(timeout=WAIT_MS / 1000)
+            page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+            result = page.evaluate(BROADCAST_FROM_PAGE, [url, payload])
+            # Chromium always offers permessage-deflate; the hub accepted it.
+            assert result["extensions"].startswith("permessage-deflate")
+            assert "server_no_context_takeover" in result["extensions"]
+            assert result["same"] is True
+            expected = {"type": "broadcast", "payload": payload}
+            assert json.loads(plain.recv(timeout=WAIT_MS / 1000)) == expected
+            assert json.loads(compressing.recv(timeout=WAIT_MS / 1000)) == expected
+            assert plain.protocol.extensions == []
+            assert [e.name for e in compressing.protocol.extensions] == ["permessage-deflate"]
     assert errors == []

@@ -18,6 +18,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
+from unittest.mock import ANY
 from urllib.parse import quote
 
 import pytest
@@ -217,7 +218,11 @@ async def test_echo_broadcast_and_topics_end_to_end() -> None:
             assert await receive(bob) == {"type": "broadcast", "payload": "hello"}
 
             await request(bob, "subscribe", {"topic": "news"})
-            assert await receive(bob) == {"type": "subscribed", "payload": {"topic": "news"}}
+            # The server keeps history by default: positions come with it.
+            assert await receive(bob) == {
+                "type": "subscribed",
+                "payload": {"topic": "news", "offset": 0, "epoch": ANY},
+            }
             await request(alice, "publish", {"topic": "news", "data": {"id": 1}})
             assert await receive(alice) == {
                 "type": "publishResult",
@@ -225,7 +230,7 @@ async def test_echo_broadcast_and_topics_end_to_end() -> None:
             }
             assert await receive(bob) == {
                 "type": "message",
-                "payload": {"topic": "news", "data": {"id": 1}},
+                "payload": {"topic": "news", "data": {"id": 1}, "offset": 1},
             }
             await request(bob, "unsubscribe", {"topic": "news"})
             assert await receive(bob) == {

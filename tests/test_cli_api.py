@@ -7,8 +7,8 @@ connection. The API across two nodes runs on a real redis-server.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -62,15 +62,26 @@ async def test_the_api_publishes_to_websocket_clients(source: str) -> None:
             httpx.AsyncClient(base_url=base(server.port)) as http,
         ):
             await request(browser, "subscribe", {"topic": "orders"})
-            assert await receive(browser) == {"type": "subscribed", "payload": {"topic": "orders"}}
+            # The ready server keeps history by default: topics are numbered.
+            subscribed = await receive(browser)
+            epoch = subscribed["payload"]["epoch"]
+            assert subscribed == {
+                "type": "subscribed",
+                "payload": {"topic": "orders", "offset": 0, "epoch": epoch},
+            }
             response = await http.post(
                 "/api/publish", json={"topic": "orders", "data": {"id": 7}}, headers=AUTH
             )
             assert response.status_code == 200
-            assert response.json() == {"topic": "orders", "listenerCount": 1}
+            assert response.json() == {
+                "topic": "orders",
+                "listenerCount": 1,
+                "offset": 1,
+                "epoch": epoch,
+            }
             assert await receive(browser) == {
                 "type": "message",
-                "payload": {"topic": "orders", "data": {"id": 7}},
+                "payload": {"topic": "orders", "data": {"id": 7}, "offset": 1},
             }
             response = await http.post("/api/broadcast", json={"payload": "all"}, headers=AUTH)
             assert response.json() == {"listenerCount": 1}
@@ -134,7 +145,10 @@ async def test_client_publish_decides_for_websocket_clients(
             await request(c, "publish", {"topic": "t", "data": 1})
             reply = await receive(c)
             if may_publish:
-                assert reply == {"type": "message", "payload": {"topic": "t", "data": 1}}
+                assert reply == {
+                    "type": "message",
+                    "payload": {"topic": "t", "data": 1, "offset": 1},
+                }
                 assert (await receive(c))["type"] == "publishResult"
             else:
                 assert reply["type"] == "error"
@@ -196,7 +210,7 @@ async def test_a_jwt_is_required_and_its_claims_apply(source: str) -> None:
                 assert response.json()["listenerCount"] == 1
                 assert await receive(alice) == {
                     "type": "message",
-                    "payload": {"topic": "room.1", "data": "hi"},
+                    "payload": {"topic": "room.1", "data": "hi", "offset": 1},
                 }
             await server.wait_for_line(r"authenticated as 'alice'")
     assert all(SECRET not in line and token not in line for line in server.lines)
@@ -383,18 +397,8 @@ async def test_bad_metrics_addresses_exit_2(args: tuple[str, ...], complaint: st
 # ------------------------------------------------------ two nodes on Redis
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-async def test_the_api_of_any_node_reaches_every_node(redis: RedisServer) -> None:
-    node = ("--redis", redis.url, "--redis-prefix", PREFIX, "--api-key", KEY)
+async def test_the_api_of_any_node_reaches_every_node(redis_server: RedisServer) -> None:
+    node = ("--redis", redis_server.url, "--redis-prefix", PREFIX, "--api-key", KEY)
     with trio.fail_after(60):
         async with (
             running_server(*node) as node_a,
@@ -407,15 +411,22 @@ async def test_the_api_of_any_node_reaches_every_node(redis: RedisServer) -> Non
                 await request(connection, "subscribe", {"topic": "orders"})
                 assert (await receive(connection))["type"] == "subscribed"
             await wait_for_subscribers(
-                redis.url, {f"{PREFIX}:broadcast": 2, f"{PREFIX}:topic:orders": 2}
+                redis_server.url, {f"{PREFIX}:broadcast": 2, f"{PREFIX}:topic:orders": 2}
             )
             response = await http.post(
                 f"{base(node_a.port)}/api/publish",
                 json={"topic": "orders", "data": 1},
                 headers=AUTH,
             )
-            # listenerCount counts the node's own clients, as over WebSocket.
-            assert response.json() == {"topic": "orders", "listenerCount": 1}
+            # listenerCount counts the node's own clients, as over WebSocket;
+            # the offset comes from Redis, the same for every node.
+            first = response.json()
+            assert first == {
+                "topic": "orders",
+                "listenerCount": 1,
+                "offset": 1,
+                "epoch": first["epoch"],
+            }
             response = await http.post(
                 f"{base(node_b.port)}/api/broadcast", json={"payload": "b"}, headers=AUTH
             )
@@ -425,16 +436,18 @@ async def test_the_api_of_any_node_reaches_every_node(redis: RedisServer) -> Non
                 json={"topic": "orders", "data": 2},
                 headers=AUTH,
             )
+            assert response.json()["offset"] == 2
+            one = {"type": "message", "payload": {"topic": "orders", "data": 1, "offset": 1}}
+            two = {"type": "message", "payload": {"topic": "orders", "data": 2, "offset": 2}}
+            b = {"type": "broadcast", "payload": "b"}
             for connection in (on_a, on_b):
-                assert await receive(connection) == {
-                    "type": "message",
-                    "payload": {"topic": "orders", "data": 1},
-                }
-                assert await receive(connection) == {"type": "broadcast", "payload": "b"}
-                assert await receive(connection) == {
-                    "type": "message",
-                    "payload": {"topic": "orders", "data": 2},
-                }
+                got = [await receive(connection) for _ in range(3)]
+                # Each once. Order is kept per publishing node (b before 2, both
+                # from node B) and per topic (1 before 2, numbered by Redis);
+                # node B's own broadcast may overtake node A's publication there.
+                assert sorted(map(repr, got)) == sorted(map(repr, [one, b, two]))
+                assert got.index(b) < got.index(two)
+                assert got.index(one) < got.index(two)
             # Fences through Redis, from each node: nothing came twice.
             for port in (node_a.port, node_b.port):
                 await http.post(f"{base(port)}/api/broadcast", json={"payload": port}, headers=AUTH)
@@ -465,14 +478,22 @@ async def test_the_howto_curl_commands_publish_and_a_wrong_key_is_401() -> None:
                 capture_stderr=True,
                 env={**os.environ, "HUB": base(server.port), "TRIO_HUB_API_KEY": KEY},
             )
-            assert result.stdout.decode().splitlines() == [
-                '{"topic":"orders","listenerCount":1}',
-                '{"listenerCount":1}',
-                "401",
-            ]
+            published, broadcast, status = result.stdout.decode().splitlines()
+            # The ready server keeps history: the reply says where it went.
+            assert json.loads(published) == {
+                "topic": "orders",
+                "listenerCount": 1,
+                "offset": 1,
+                "epoch": json.loads(published)["epoch"],
+            }
+            assert (broadcast, status) == ('{"listenerCount":1}', "401")
             assert await receive(browser) == {
                 "type": "message",
-                "payload": {"topic": "orders", "data": {"id": 42, "status": "shipped"}},
+                "payload": {
+                    "topic": "orders",
+                    "data": {"id": 42, "status": "shipped"},
+                    "offset": 1,
+                },
             }
             assert await receive(browser) == {
                 "type": "broadcast",

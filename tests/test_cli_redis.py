@@ -19,10 +19,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any, Final
 
-import pytest
 import trio
 from trio_websocket import WebSocketConnection
 
@@ -38,19 +36,9 @@ LIMIT: Final = 60  # seconds, for any one test: it starts two Python processes
 PREFIX: Final = "clitest"
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    """A fresh redis-server for one test, killed afterwards."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def node_args(redis: RedisServer) -> tuple[str, ...]:
-    return ("--redis", redis.url, "--redis-prefix", PREFIX)
+def node_args(redis_server: RedisServer) -> tuple[str, ...]:
+    # History is tested in test_redis_history.py: plain fan-out here.
+    return ("--redis", redis_server.url, "--redis-prefix", PREFIX, "--history-size", "0")
 
 
 async def expect(connection: WebSocketConnection, *messages: Any) -> None:
@@ -77,11 +65,11 @@ async def broadcast_and_check(
     )
 
 
-async def test_broadcasts_reach_every_client_of_both_nodes_once(redis: RedisServer) -> None:
+async def test_broadcasts_reach_every_client_of_both_nodes_once(redis_server: RedisServer) -> None:
     with trio.fail_after(LIMIT):
         async with (
-            running_server(*node_args(redis)) as node_a,
-            running_server(*node_args(redis)) as node_b,
+            running_server(*node_args(redis_server)) as node_a,
+            running_server(*node_args(redis_server)) as node_b,
             client(node_a.port) as a1,
             client(node_a.port) as a2,
             client(node_b.port) as b1,
@@ -93,7 +81,7 @@ async def test_broadcasts_reach_every_client_of_both_nodes_once(redis: RedisServ
                 await expect(connection, {"type": "echo", "payload": "ready"})
             everyone = [a1, a2, b1, b2]
             # A node is subscribed to the broadcast channel before it listens.
-            await wait_for_subscribers(redis.url, {f"{PREFIX}:broadcast": 2})
+            await wait_for_subscribers(redis_server.url, {f"{PREFIX}:broadcast": 2})
 
             await broadcast_and_check(a1, "from a", 2, everyone)
             await broadcast_and_check(b1, "from b", 2, everyone)
@@ -106,15 +94,15 @@ async def test_broadcasts_reach_every_client_of_both_nodes_once(redis: RedisServ
             assert all(LOG_LINE.match(line) for line in node.lines), node.lines
             assert not [line for line in node.lines if "WARNING" in line or "ERROR" in line]
             assert any(
-                f"127.0.0.1:{redis.port} prefix='{PREFIX}'" in line for line in node.lines
+                f"127.0.0.1:{redis_server.port} prefix='{PREFIX}'" in line for line in node.lines
             ), node.lines
 
 
-async def test_topics_reach_their_subscribers_on_every_node(redis: RedisServer) -> None:
+async def test_topics_reach_their_subscribers_on_every_node(redis_server: RedisServer) -> None:
     with trio.fail_after(LIMIT):
         async with (
-            running_server(*node_args(redis)) as node_a,
-            running_server(*node_args(redis)) as node_b,
+            running_server(*node_args(redis_server)) as node_a,
+            running_server(*node_args(redis_server)) as node_b,
             client(node_a.port) as a1,
             client(node_a.port) as a2,
             client(node_b.port) as b1,
@@ -127,10 +115,10 @@ async def test_topics_reach_their_subscribers_on_every_node(redis: RedisServer) 
             # A node's subscription takes effect one round trip to Redis after
             # the client's: wait until Redis has both nodes on "news".
             await wait_for_subscribers(
-                redis.url, {f"{PREFIX}:topic:news": 2, f"{PREFIX}:topic:b only": 1}
+                redis_server.url, {f"{PREFIX}:topic:news": 2, f"{PREFIX}:topic:b only": 1}
             )
             await wait_for_channels(
-                redis.url,
+                redis_server.url,
                 {
                     f"{PREFIX}:broadcast".encode(),
                     f"{PREFIX}:topic:news".encode(),
@@ -174,7 +162,7 @@ async def test_topics_reach_their_subscribers_on_every_node(redis: RedisServer) 
             await request(b2, "unsubscribe", {"topic": "b only"})
             await expect(b2, {"type": "unsubscribed", "payload": {"topic": "b only"}})
             await wait_for_channels(
-                redis.url, {f"{PREFIX}:broadcast".encode(), f"{PREFIX}:topic:news".encode()}
+                redis_server.url, {f"{PREFIX}:broadcast".encode(), f"{PREFIX}:topic:news".encode()}
             )
 
 
@@ -252,7 +240,7 @@ def test_the_cli_defaults_are_the_backends() -> None:
 # ----------------------------------------------------- the how-to's example
 
 
-async def test_the_howto_redis_node_example_links_two_processes(redis: RedisServer) -> None:
+async def test_the_howto_redis_node_example_links_two_processes(redis_server: RedisServer) -> None:
     # docs/examples/redis_node.py, shown in docs/howto/redis.rst, run twice.
     banner = re.compile(
         r"Serving ws://127\.0\.0\.1:(\d+)/ with <RedisBackend 127\.0\.0\.1:\d+ "
@@ -261,7 +249,7 @@ async def test_the_howto_redis_node_example_links_two_processes(redis: RedisServ
     with trio.fail_after(LIMIT):
         processes = [
             await trio.lowlevel.open_process(
-                [sys.executable, str(EXAMPLES / "redis_node.py"), redis.url, "0"],
+                [sys.executable, str(EXAMPLES / "redis_node.py"), redis_server.url, "0"],
                 stdout=subprocess.PIPE,
             )
             for _ in range(2)

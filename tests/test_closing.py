@@ -294,3 +294,20 @@ async def test_pings_and_pongs_between_messages_keep_the_connection_open() -> No
                         break
             finally:
                 await raw.aclose()
+
+
+async def test_fragments_that_add_up_to_more_than_the_limit_get_1009() -> None:
+    with trio.fail_after(LIMIT):
+        async with serving(max_message_size=50) as (hub, server):
+            raw, client = await connected(hub, server)
+            try:
+                first = bytes([OP_TEXT, 0x80 | 30]) + b"\x00" * 4 + b"x" * 30  # fin=0
+                more = bytes([0x80, 0x80 | 30]) + b"\x00" * 4 + b"x" * 30  # continuation
+                await raw.stream.send_all(first + more)
+                assert (await close_frame(raw))[0] == CloseCode.MESSAGE_TOO_BIG
+                await assert_half_closed(raw)
+                await raw.stream.send_eof()
+                await client.wait_closed()
+                assert client.close_code == CloseCode.MESSAGE_TOO_BIG
+            finally:
+                await raw.aclose()

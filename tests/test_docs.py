@@ -48,6 +48,7 @@ TESTED_ELSEWHERE = {
     "chat_app.py": "tests/test_plugin.py",
     "test_chat_app.py": "tests/test_plugin.py",
     "redis_node.py": "tests/test_cli_redis.py",
+    "presence_redis.py": "tests/test_presence_redis.py",
 }
 
 EXAMPLE_TIMEOUT = 60

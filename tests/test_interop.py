@@ -140,6 +140,10 @@ def start_server() -> Iterator[StartServer]:
     started: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
+        # Plain topics, as other clients know them: history (offsets in the
+        # frames) is tested in test_history.py and test_cli.py.
+        if "--history-size" not in args:
+            args = (*args, "--history-size", "0")
         # A server that fails to start has killed itself already.
         server = ServerProcess(*args)
         started.append(server)
@@ -716,3 +720,27 @@ def test_every_client_receives_every_broadcast_in_order(start_server: StartServe
     server.assert_clean_log()
     assert not any("evicted" in line for line in server.lines)
     print(f"{CLIENTS} clients x {BROADCASTS} broadcasts: {elapsed:.2f} s")
+
+
+# ------------------------------------------------------------ compression
+
+
+def test_compression_is_on_by_default_and_off_with_the_flag(start_server: StartServer) -> None:
+    # The websockets client offers permessage-deflate unless told not to.
+    big = {"lines": [{"user": f"u{n % 5}", "text": f"line {n}"} for n in range(100)]}
+    expected = {"type": "broadcast", "payload": big}
+
+    async def check(server: ServerProcess, negotiated: bool) -> None:
+        async with websocket(server) as offering, websocket(server, compression=None) as plain:
+            names = [extension.name for extension in offering.protocol.extensions]
+            assert names == (["permessage-deflate"] if negotiated else [])
+            assert plain.protocol.extensions == []
+            for connection in (offering, plain):  # registered once answered
+                await send(connection, "echo", "hi")
+                await receive(connection)
+            await send(offering, "broadcast", big)  # compressed inbound too
+            assert await receive(offering) == expected
+            assert await receive(plain) == expected
+
+    run(check(start_server(), negotiated=True))
+    run(check(start_server("--compression", "off"), negotiated=False))

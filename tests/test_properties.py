@@ -193,6 +193,12 @@ class Runner:
             if (count := sum(topic in model.topics for model in self.live()))
         }
         assert dict(hub_stats.clients_per_topic) == expected_topics
+        # Presence (guarantee 12, one node) lists exactly the subscribers.
+        for topic in TOPICS:
+            listed = [entry.client_id for entry in hub.local_presence(topic)]
+            subscribed = [str(m.client.id) for m in self.live() if topic in m.topics]
+            assert sorted(listed) == sorted(subscribed), topic
+        assert hub_stats.presence_entries == sum(expected_topics.values())
 
     async def shutdown(self) -> None:
         async def read_to_the_end(model: Model) -> None:
@@ -245,7 +251,8 @@ def count_tasks() -> int:
 def test_hub_matches_the_model(queue_size: int, policy: SlowClientPolicy, ops: list[Op]) -> None:
     async def main() -> None:
         baseline = count_tasks()
-        async with open_hub(queue_size=queue_size, on_slow_client=policy) as hub:
+        # presence=True without events: it must not change what clients receive.
+        async with open_hub(queue_size=queue_size, on_slow_client=policy, presence=True) as hub:
             runner = Runner(hub, queue_size, policy)
             for op in ops:
                 await runner.step(op)

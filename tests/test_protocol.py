@@ -290,7 +290,7 @@ async def test_subscribe_rejects_data() -> None:
         _, peer = connect(hub)
         [reply] = await request(peer, {"type": "subscribe", "payload": {"topic": "t", "data": 1}})
         assert summarize(reply) == error("invalid_payload")
-        assert "only 'topic' allowed" in reply["payload"]["detail"]
+        assert "only 'topic' and 'recover' allowed" in reply["payload"]["detail"]
 
 
 @pytest.mark.parametrize(

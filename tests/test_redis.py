@@ -45,17 +45,6 @@ LIMIT = 30  # seconds, for any one test
 POLL = 0.01  # seconds between two looks at Redis' state
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server for one test."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
 @asynccontextmanager
 async def redis_client(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
     """A plain coredis client, to look at Redis' side."""

@@ -44,7 +44,16 @@ JWT_SECRET_ENV: Final = "TRIO_HUB_JWT_SECRET"
 _LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 # The same defaults as RedisBackend's, spelled out here for --help.
 REDIS_PREFIX: Final = "trio_hub"
+
+# The server's history defaults: enough for the built-in page to recover a
+# reconnect of up to five minutes or 50 messages per topic, with memory bounded
+# by HISTORY_TOPICS x HISTORY_SIZE x --max-message-size (50 KiB per topic and
+# 5 MiB in all for 1 KiB messages).
+HISTORY_SIZE: Final = 50
+HISTORY_TTL: Final = 300.0
+HISTORY_TOPICS: Final = 100
 REDIS_START_TIMEOUT: Final = 5.0
+REDIS_PRESENCE_TTL: Final = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,6 +176,15 @@ def _parser() -> argparse.ArgumentParser:
         help="largest inbound message; a bigger one closes its client with 1009",
     )
     limits.add_argument(
+        "--compression",
+        choices=["off", "deflate"],
+        default="deflate",
+        help=(
+            "permessage-deflate with the clients that offer it, as browsers do: each "
+            "message is compressed once for all of them; off never compresses"
+        ),
+    )
+    limits.add_argument(
         "--max-connections",
         type=_positive_int,
         default=None,
@@ -271,6 +289,17 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
 
+    presence = serve.add_argument_group("presence")
+    presence.add_argument(
+        "--presence",
+        action="store_true",
+        help=(
+            "track who is subscribed to each topic: answer 'presence' requests, and send "
+            "'join' and 'leave' messages to a topic's subscribers; with --redis, shared by "
+            "every node"
+        ),
+    )
+
     # Where messages are shared with other hub processes; _backend() turns
     # these options into a Backend.
     backend = serve.add_argument_group(
@@ -308,6 +337,50 @@ def _parser() -> argparse.ArgumentParser:
         default=REDIS_START_TIMEOUT,
         metavar="SECONDS",
         help="seconds to keep trying to reach Redis at start before exiting with status 1",
+    )
+    backend.add_argument(
+        "--redis-presence-ttl",
+        type=_positive_float,
+        default=REDIS_PRESENCE_TTL,
+        metavar="SECONDS",
+        help=(
+            "with --presence: a node that dies without saying goodbye drops out of presence "
+            "after this many seconds, and its clients' 'leave' messages go out within 4/3 of it"
+        ),
+    )
+
+    # Per-topic history, so that a client that reconnects (the built-in page
+    # does) gets what it missed: see docs/howto/reconnect.rst.
+    history = serve.add_argument_group(
+        "history",
+        "Each topic keeps its latest publications, numbered, so that a client that "
+        "reconnects with its last offset gets exactly what it missed (subscribe with "
+        "recover). Memory is bounded by --history-topics x --history-size x the "
+        "largest message; with --redis the history lives in Redis and is shared.",
+    )
+    history.add_argument(
+        "--history-size",
+        type=_non_negative_int,
+        default=HISTORY_SIZE,
+        metavar="N",
+        help="publications kept per topic; 0 turns history off",
+    )
+    history.add_argument(
+        "--history-ttl",
+        type=_positive_float,
+        default=HISTORY_TTL,
+        metavar="SECONDS",
+        help="seconds a publication stays in the history",
+    )
+    history.add_argument(
+        "--history-topics",
+        type=_positive_int,
+        default=HISTORY_TOPICS,
+        metavar="N",
+        help=(
+            "most topics with history kept in memory (the one that published least "
+            "recently loses its history past that); not used with --redis"
+        ),
     )
 
     output = serve.add_argument_group("output")
@@ -532,6 +605,7 @@ def _backend(options: argparse.Namespace) -> Backend | None:
             options.redis,
             prefix=options.redis_prefix,
             start_timeout=options.redis_start_timeout,
+            presence_ttl=options.redis_presence_ttl,
         )
     except ValueError as exc:
         raise _StartError(f"--redis: {exc}") from None
@@ -563,6 +637,10 @@ async def _serve(options: argparse.Namespace) -> int:
                 on_message=protocol_handler,
                 intake_limit=options.intake_limit or None,
                 backend=backend,
+                history_size=options.history_size or None,
+                history_ttl=options.history_ttl if options.history_size else None,
+                max_history_topics=options.history_topics,
+                presence_events=options.presence,
             ) as hub:
                 if backend is not None:
                     logger.info("sharing messages with other nodes through %r", backend)
@@ -585,6 +663,9 @@ async def _serve(options: argparse.Namespace) -> int:
                                 max_message_size=options.max_message_size,
                                 api_key=options.api_key,
                                 metrics="off" if options.metrics_address else options.metrics,
+                                compression=(
+                                    "deflate" if options.compression == "deflate" else None
+                                ),
                             )
                         )
                     except OSError as exc:

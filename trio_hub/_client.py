@@ -12,13 +12,14 @@ import trio
 
 from ._closecodes import CloseCode
 from ._errors import HubClosedError, MessageDecodeError, TransportClosed
-from ._message import Message
+from ._message import JSONValue, Message
 from ._policy import SlowClientPolicy
 from ._statistics import ClientStatistics
 from ._util import NoPublicConstructor
 
 if TYPE_CHECKING:
     from ._config import MessageHandler
+    from ._history import HistoryResult, StreamPosition
     from ._hub import Hub
     from ._transport import Transport
 
@@ -73,6 +74,7 @@ class Client(metaclass=NoPublicConstructor):
         "_hub",
         "_id",
         "_identity",
+        "_info",
         "_nursery",
         "_on_message",
         "_pinging",
@@ -89,6 +91,7 @@ class Client(metaclass=NoPublicConstructor):
         transport: Transport,
         *,
         identity: object,
+        info: JSONValue = None,
         on_message: MessageHandler | None,
     ) -> None:
         config = hub._config
@@ -96,6 +99,7 @@ class Client(metaclass=NoPublicConstructor):
         self._config = config
         self._transport = transport
         self._identity = identity
+        self._info = info
         self._on_message = on_message
         self._id = next(_client_ids)
         # Messages accepted and not yet handed to the transport, oldest first.
@@ -148,6 +152,14 @@ class Client(metaclass=NoPublicConstructor):
         return self._identity
 
     @property
+    def info(self) -> JSONValue:
+        """The small JSON attached at registration for presence, or ``None``.
+
+        .. versionadded:: 0.2
+        """
+        return self._info
+
+    @property
     def transport(self) -> Transport:
         """The transport this client talks through."""
         return self._transport
@@ -183,6 +195,21 @@ class Client(metaclass=NoPublicConstructor):
     def unsubscribe(self, topic: str) -> None:
         """Unsubscribe from ``topic``; same as :meth:`Hub.unsubscribe`."""
         self._hub.unsubscribe(self, topic)
+
+    async def recover(
+        self,
+        topic: str,
+        since: StreamPosition | None = None,
+        *,
+        announce: Callable[[HistoryResult], Message | None] | None = None,
+    ) -> HistoryResult:
+        """Subscribe to ``topic``, replaying what was missed since ``since``.
+
+        Same as :meth:`Hub.recover`.
+
+        .. versionadded:: 0.2
+        """
+        return await self._hub.recover(self, topic, since, announce=announce)
 
     def send(self, message: Message) -> bool:
         """Queue ``message`` for this client alone, in order with broadcasts.

@@ -12,7 +12,8 @@ class CloseCode(enum.IntEnum):
 
     The 1xxx codes are the standard ones from RFC 6455. The 4xxx codes are
     private to trio_hub (the range RFC 6455 leaves to applications), so that a
-    client can tell "I was too slow" from "I stopped answering pings" or "my token expired".
+    client can tell "I was too slow" from "I stopped answering pings", from "my
+    token expired", and from "reconnect and recover".
     """
 
     NORMAL = 1000
@@ -39,6 +40,13 @@ class CloseCode(enum.IntEnum):
     """The client did not answer a ping within ``pong_timeout``."""
     TOKEN_EXPIRED = 4002
     """The client's connection token expired, and no fresh one came in a ``refresh``.
+
+    .. versionadded:: 0.2
+    """
+    HISTORY_GAP = 4003
+    """Publications on a topic with a shared history never reached this node (a
+    Redis outage, or Redis lost the history): reconnect, and subscribe with
+    ``recover``; the recovery says whether the gap could be filled.
 
     .. versionadded:: 0.2
     """

@@ -11,6 +11,7 @@ from ._policy import SlowClientPolicy
 
 if TYPE_CHECKING:
     from ._client import Client
+    from ._history import HistoryPolicyFunction
     from ._message import Message
 
 __all__ = ["HubConfig", "MessageHandler"]
@@ -31,6 +32,9 @@ class HubConfig:
     close_timeout: float
     on_message: MessageHandler | None
     intake_limit: int | None = None
+    # None: no topic has history.
+    history: HistoryPolicyFunction | None = None
+    max_history_topics: int = 10_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue_size, int) or self.queue_size < 1:
@@ -55,6 +59,10 @@ class HubConfig:
         _positive("write_timeout", self.write_timeout)
         _non_negative("drain_timeout", self.drain_timeout)
         _non_negative("close_timeout", self.close_timeout)
+        if not isinstance(self.max_history_topics, int) or self.max_history_topics < 1:
+            raise ValueError(
+                f"max_history_topics must be an int >= 1, got {self.max_history_topics!r}"
+            )
 
 
 def _positive(name: str, value: float) -> None:

@@ -40,6 +40,7 @@ from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
 from ._closecodes import CloseCode
+from ._compression import CompressionCounters, DeflateExtension, DeflateParameters, frame_for
 from ._errors import TransportClosed
 from ._message import Message
 from ._stream import HubStream, text_frame
@@ -80,12 +81,16 @@ class _EngineLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 _engine_logger: Final = _EngineLogger(logging.getLogger("trio_hub"), {})
 
 
-def handshake_response(headers: Mapping[str, str]) -> bytes:
+def handshake_response(
+    headers: Mapping[str, str], deflate: DeflateParameters | None = None
+) -> bytes:
     """The ``101 Switching Protocols`` response to a checked upgrade request.
 
     Args:
         headers: The request headers (lower-case names), already checked by
             the server's policy: version 13 and a ``Sec-WebSocket-Key``.
+        deflate: The permessage-deflate parameters agreed with this client,
+            if any (:func:`~trio_hub._compression.negotiate_deflate`).
 
     Returns:
         The complete response head.
@@ -98,10 +103,8 @@ def handshake_response(headers: Mapping[str, str]) -> bytes:
         "Connection: Upgrade",
         f"Sec-WebSocket-Accept: {accept}",
     ]
-    # Extensions (permessage-deflate, issue 18) answer here: one
-    # Sec-WebSocket-Extensions line, and the engine's `extensions` list in
-    # ServerConnection; trio_hub negotiates none today, so text_frame()'s
-    # frames are valid for every client.
+    if deflate is not None:
+        lines.append(f"Sec-WebSocket-Extensions: {deflate.response()}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
@@ -132,11 +135,18 @@ class ServerConnection:
             is closed with 1009 as soon as its frame header says so.
         initial: Bytes that arrived after the request head (the client may
             send its first frames without waiting for the response).
+        deflate: The permessage-deflate parameters agreed in the handshake:
+            the client gets each message's shared compressed frame, and its
+            compressed messages are inflated, bounded by ``max_message_size``.
+        counters: Where to count compression.
     """
 
     # Kept small: most connections are idle most of the time, and this is
     # what each of them holds (with the engine, the socket and the Client).
     __slots__ = (
+        "_counters",
+        "_deflate",
+        "_deflate_limit",
         "_fd",
         "_fragments",
         "_frames",
@@ -154,6 +164,8 @@ class ServerConnection:
         *,
         max_message_size: int,
         initial: bytes = b"",
+        deflate: DeflateParameters | None = None,
+        counters: CompressionCounters | None = None,
     ) -> None:
         self._socket = stream.socket
         self._fd = stream.socket.fileno()
@@ -162,6 +174,14 @@ class ServerConnection:
         self._protocol = ServerProtocol(
             max_size=max_message_size, state=State.OPEN, logger=_engine_logger
         )
+        self._deflate = deflate
+        self._counters = counters if counters is not None else CompressionCounters()
+        self._deflate_limit = 0
+        if deflate is not None:
+            self._deflate_limit = deflate.max_compressed_length
+            self._protocol.extensions = [
+                DeflateExtension(deflate, max_message_size, self._counters)
+            ]
         # Frames parsed and not yet handled, if more than one message came in
         # one read; None (not an empty list) while idle.
         self._frames: list[Frame] | None = None
@@ -310,7 +330,12 @@ class ServerConnection:
         """See :meth:`trio_hub.Transport.send_batch`: one write for the batch."""
         if self._stream.closing:
             raise self._closed_error()
-        data = b"".join([text_frame(message) for message in messages])
+        deflate = self._deflate
+        if deflate is None:
+            data = b"".join([text_frame(message) for message in messages])
+        else:
+            limit, counters = self._deflate_limit, self._counters
+            data = b"".join([frame_for(message, limit, counters) for message in messages])
         try:
             await self._stream.write_frames(data)
         except trio.ClosedResourceError:
@@ -322,7 +347,10 @@ class ServerConnection:
 
     def send_nowait(self, message: Message) -> bool:
         """See :meth:`trio_hub.Transport.send_nowait`."""
-        return self._stream.write_nowait(text_frame(message))
+        deflate = self._deflate
+        if deflate is None:
+            return self._stream.write_nowait(text_frame(message))
+        return self._stream.write_nowait(frame_for(message, self._deflate_limit, self._counters))
 
     async def ping(self) -> None:
         """See :meth:`trio_hub.Transport.ping`.

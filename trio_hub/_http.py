@@ -23,6 +23,7 @@ import trio
 from . import _codec
 from ._auth import Grant
 from ._errors import HubClosedError, InvalidJSONError
+from ._history import HistoryUnavailableError
 from ._message import JSONValue, _json_kind
 from ._protocol import _TOPIC_AND_DATA, _ProtocolError, _topic_of, broadcast_message, publication
 
@@ -178,7 +179,10 @@ async def _route(side: HTTPSide, server: HubServer, request: _Request) -> _Answe
         return _Answer(HTTPStatus.OK, _codec.encode(statistics_json(side.hub, server)) + b"\n")
     body = await _read_json_body(side, request)
     try:
-        reply = _publish(side.hub, body) if path == "/api/publish" else _broadcast(side.hub, body)
+        if path == "/api/publish":
+            reply = await _publish(side.hub, body)
+        else:
+            reply = _broadcast(side.hub, body)
     except _ProtocolError as exc:
         raise _Refusal(HTTPStatus.BAD_REQUEST, exc.code, exc.detail) from None
     except HubClosedError:
@@ -267,14 +271,28 @@ async def _read_json_body(side: HTTPSide, request: _Request) -> JSONValue:
         raise _Refusal(HTTPStatus.BAD_REQUEST, "invalid_json", str(exc)) from None
 
 
-def _publish(hub: Hub, body: JSONValue) -> dict[str, JSONValue]:
+async def _publish(hub: Hub, body: JSONValue) -> dict[str, JSONValue]:
     # The same checks, and the same error codes, as the wire protocol's publish.
     topic = _topic_of("publish", body, _TOPIC_AND_DATA)
     assert isinstance(body, Mapping)
-    listeners = hub.publish(topic, publication(topic, body.get("data")))
-    reply: dict[str, JSONValue] = {"topic": topic, "listenerCount": listeners}
-    # Topics with history (issue 12) report where the publication went: an
-    # "offset" joins the reply here, only when the hub gives one.
+    message = publication(topic, body.get("data"))
+    if not hub.has_history(topic):
+        listeners = hub.publish(topic, message)
+        return {"topic": topic, "listenerCount": listeners}
+    # A topic with history: the reply says where the publication went, once
+    # the history (with Redis, after a round trip) has numbered it.
+    subscribers = hub._topics.get(topic)
+    reply: dict[str, JSONValue] = {
+        "topic": topic,
+        "listenerCount": len(subscribers) if subscribers else 0,
+    }
+    try:
+        position = await hub.publish_with_position(topic, message)
+    except HistoryUnavailableError:
+        # Delivered to this node's subscribers, unnumbered: no offset to give.
+        return reply
+    reply["offset"] = position.offset
+    reply["epoch"] = position.epoch
     return reply
 
 
@@ -297,16 +315,28 @@ def statistics_json(hub: Hub, server: HubServer) -> dict[str, JSONValue]:
     """The hub's statistics snapshot, and the server's, as JSON-ready data."""
     stats = hub.statistics()
     data: dict[str, JSONValue] = {
-        field.name: getattr(stats, field.name)
-        for field in dataclasses.fields(stats)
-        if field.name not in ("clients_per_topic", "backend")
+        field.name: _json_ready(getattr(stats, field.name)) for field in dataclasses.fields(stats)
     }
-    data["clients_per_topic"] = dict(stats.clients_per_topic)
-    data["backend"] = dataclasses.asdict(stats.backend)
     data["subjects"] = _subjects(client.identity for client in hub.clients)
     data["connections"] = server.connections
     data["handshake_refusals"] = dict(server.refusals)
     return data
+
+
+def _json_ready(value: object) -> JSONValue:
+    # The snapshot holds read-only mappings and nested frozen snapshots
+    # (backend, compression): plain dicts for the JSON encoder.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            field.name: _json_ready(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+        }
+    if isinstance(value, Mapping):
+        return {str(key): _json_ready(item) for key, item in value.items()}
+    if isinstance(value, frozenset | set | tuple | list):
+        return [_json_ready(item) for item in value]
+    assert value is None or isinstance(value, bool | int | float | str)
+    return value
 
 
 def _subjects(identities: Iterable[object]) -> dict[str, JSONValue]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Final, NoReturn, Protocol, final, runtime_checkable
 
@@ -14,11 +14,22 @@ from trio_websocket import WebSocketConnection
 
 from ._client import Client
 from ._closecodes import CloseCode
+from ._compression import CompressionCounters
 from ._config import HubConfig, MessageHandler
 from ._errors import HubClosedError, MessageError
-from ._message import Message
+from ._history import (
+    HistoryError,
+    HistoryPolicy,
+    HistoryPolicyFunction,
+    HistoryResult,
+    HubHistory,
+    SharedHistory,
+    StreamPosition,
+)
+from ._message import JSONValue, Message
 from ._pacing import IntakeGate
 from ._policy import SlowClientPolicy
+from ._presence import PresenceEvents, PresenceInfo, _PresenceTracker, check_info
 from ._statistics import HubStatistics
 from ._transport import Transport, WebSocketTransport, can_ping
 from ._util import NoPublicConstructor
@@ -64,6 +75,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_clients",
         "_closed",
         "_closing",
+        "_compression",
         "_config",
         "_deliveries",
         "_discarded",
@@ -72,6 +84,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_evictions",
         "_fan_outs",
         "_gate",
+        "_history",
         "_keepalive_scope",
         "_keepalive_timeouts",
         "_live",
@@ -83,6 +96,7 @@ class Hub(metaclass=NoPublicConstructor):
         "_ping_departed",
         "_ping_queue",
         "_ping_wakeup",
+        "_presence",
         "_registrations",
         "_topics",
     )
@@ -92,6 +106,17 @@ class Hub(metaclass=NoPublicConstructor):
         self._config = config
         # The default in-process backend does nothing: skip it on the hot path.
         self._backend: Backend | None = None if isinstance(backend, MemoryBackend) else backend
+        # History, where configured: numbering, keeping and replaying
+        # publications per topic (see _history.py).
+        self._history: HubHistory | None = None
+        if config.history is not None:
+            self._history = HubHistory(
+                self,
+                config.history,
+                max_topics=config.max_history_topics,
+                shared=backend if isinstance(backend, SharedHistory) else None,
+                queue_size=config.queue_size,
+            )
         self._backend_scope = trio.CancelScope()
         self._keepalive_scope = trio.CancelScope()
         # Clients in the order their next ping is due. Every client has the same
@@ -125,6 +150,10 @@ class Hub(metaclass=NoPublicConstructor):
         self._discarded = 0
         self._errors = 0
         self._registrations = 0
+        # Set by open_hub(presence=True): see _presence.py.
+        self._presence: _PresenceTracker | None = None
+        # Counted by the served connections that negotiated permessage-deflate.
+        self._compression = CompressionCounters()
 
     # ---------------------------------------------------------- registration
 
@@ -147,6 +176,7 @@ class Hub(metaclass=NoPublicConstructor):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
     ) -> Client:
         """Register a connection and start its tasks in the hub's nursery.
@@ -165,7 +195,11 @@ class Hub(metaclass=NoPublicConstructor):
                 or any :class:`Transport`.
             topics: Topics to subscribe the client to at once.
             identity: Anything the application wants to attach to the client,
-                available as :attr:`Client.identity`.
+                available as :attr:`Client.identity`. Presence shows it to other
+                clients if it is a ``str``.
+            info: Small JSON the application attaches for presence (a display
+                name, a colour), at most :data:`MAX_PRESENCE_INFO_SIZE` bytes;
+                available as :attr:`Client.info`.
             on_message: Handler for this client's inbound messages; overrides
                 the hub's ``on_message``.
 
@@ -176,9 +210,13 @@ class Hub(metaclass=NoPublicConstructor):
             HubClosedError: if :meth:`aclose` has started.
             TypeError: if ``connection`` is neither a trio-websocket connection
                 nor a :class:`Transport`.
+            ValueError: if ``info`` is not JSON or too large.
+
+        .. versionchanged:: 0.2
+           The ``info`` argument.
         """
         client = self._add_client(
-            connection, topics=topics, identity=identity, on_message=on_message
+            connection, topics=topics, identity=identity, info=info, on_message=on_message
         )
         self._nursery.start_soon(client._run, name=f"trio_hub client #{client.id}")
         return client
@@ -189,6 +227,7 @@ class Hub(metaclass=NoPublicConstructor):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
     ) -> Client:
         # Register without starting the client's task: the caller runs
@@ -210,6 +249,7 @@ class Hub(metaclass=NoPublicConstructor):
             self,
             transport,
             identity=identity,
+            info=check_info(info),
             on_message=on_message if on_message is not None else self._config.on_message,
         )
         self._clients[client] = None
@@ -231,6 +271,7 @@ class Hub(metaclass=NoPublicConstructor):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
     ) -> Client:
         """Register a connection, and return once the client has left.
@@ -243,6 +284,7 @@ class Hub(metaclass=NoPublicConstructor):
             connection: As for :meth:`register`.
             topics: As for :meth:`register`.
             identity: As for :meth:`register`.
+            info: As for :meth:`register`.
             on_message: As for :meth:`register`.
 
         Returns:
@@ -251,7 +293,9 @@ class Hub(metaclass=NoPublicConstructor):
         Raises:
             HubClosedError: if :meth:`aclose` has started.
         """
-        client = self.register(connection, topics=topics, identity=identity, on_message=on_message)
+        client = self.register(
+            connection, topics=topics, identity=identity, info=info, on_message=on_message
+        )
         try:
             await client.wait_closed()
         finally:
@@ -263,6 +307,8 @@ class Hub(metaclass=NoPublicConstructor):
 
     def _unregister(self, client: Client) -> None:
         self._clients.pop(client, None)
+        if self._history is not None:
+            self._history.forget(client)
         for topic in list(client._topics):
             self._remove_subscriber(topic, client)
         if self._config.ping_interval is not None and can_ping(client._transport):
@@ -290,6 +336,16 @@ class Hub(metaclass=NoPublicConstructor):
             subscribers = self._topics[topic] = {}
             if self._backend is not None:
                 self._backend.subscribe(topic)
+        elif client in subscribers:
+            return
+        if self._presence is not None:
+            self._presence.joining(topic, client)
+            # The join may have evicted the topic's last other subscriber,
+            # which removed the topic.
+            if self._topics.get(topic) is not subscribers:
+                subscribers = self._topics[topic] = {}
+                if self._backend is not None:
+                    self._backend.subscribe(topic)
         subscribers[client] = None
         client._topics.add(topic)
 
@@ -299,10 +355,17 @@ class Hub(metaclass=NoPublicConstructor):
             return
         del subscribers[client]
         client._topics.discard(topic)
-        if not subscribers:
+        if self._presence is not None:
+            self._presence.left(topic, client)
+        # (The leave may have evicted the last subscriber, and removed the topic.)
+        if not subscribers and self._topics.get(topic) is subscribers:
             del self._topics[topic]
-            if self._backend is not None:
+            if self._backend is not None and not (
+                self._history is not None and self._history.buffered(topic)
+            ):
                 self._backend.unsubscribe(topic)
+                if self._history is not None:
+                    self._history.released(topic)
 
     def _client_finished(self, client: Client) -> None:
         self._live.discard(client)
@@ -326,11 +389,59 @@ class Hub(metaclass=NoPublicConstructor):
 
     def unsubscribe(self, client: Client, topic: str) -> None:
         """Unsubscribe ``client`` from ``topic``; harmless if it was not subscribed."""
+        if self._history is not None:
+            self._history.forget(client, topic)
         self._remove_subscriber(topic, client)
 
     def topics(self) -> frozenset[str]:
         """The topics that have at least one subscriber now."""
         return frozenset(self._topics)
+
+    # -------------------------------------------------------------- presence
+
+    async def presence(self, topic: str) -> list[PresenceInfo]:
+        """Who is subscribed to ``topic`` now, on every node: one entry per connection.
+
+        This node's entries come first, in the order they subscribed. With a
+        backend that shares presence (:class:`~trio_hub.backends.redis.RedisBackend`),
+        the other nodes' follow, read from the backend; a node that died
+        without saying goodbye drops out within the backend's documented bound.
+        See :doc:`/howto/presence`.
+
+        Raises:
+            RuntimeError: if the hub was not opened with ``presence=True``.
+            ValueError: if ``topic`` is not a non-empty ``str``.
+            BackendUnavailableError: if the shared presence cannot be read now.
+
+        .. versionadded:: 0.2
+        """
+        _check_topic(topic)
+        return await self._require_presence().presence(topic)
+
+    def local_presence(self, topic: str) -> list[PresenceInfo]:
+        """This node's part of :meth:`presence`, without waiting.
+
+        Raises:
+            RuntimeError: if the hub was not opened with ``presence=True``.
+            ValueError: if ``topic`` is not a non-empty ``str``.
+
+        .. versionadded:: 0.2
+        """
+        _check_topic(topic)
+        return self._require_presence().local(topic)
+
+    @property
+    def presence_enabled(self) -> bool:
+        """Whether the hub tracks presence (``open_hub(presence=True)``).
+
+        .. versionadded:: 0.2
+        """
+        return self._presence is not None
+
+    def _require_presence(self) -> _PresenceTracker:
+        if self._presence is None:
+            raise RuntimeError("presence is not tracked: open the hub with presence=True")
+        return self._presence
 
     # ------------------------------------------------------------ messaging
 
@@ -369,11 +480,149 @@ class Hub(metaclass=NoPublicConstructor):
         if self._closing:
             raise HubClosedError("the hub is closing: publish() is no longer possible")
         self._messages_published += 1
+        history = self._history
+        if history is not None:
+            policy = history.policy(topic)
+            if policy is not None:
+                return history.publish(topic, policy, message)
         subscribers = self._topics.get(topic)
         count = self._fan_out(subscribers, message) if subscribers else 0
         if self._backend is not None:
             self._backend.publish(topic, message.encode())
         return count
+
+    async def publish_with_position(self, topic: str, message: Message) -> StreamPosition:
+        """Publish on a topic with history, and return the publication's position.
+
+        It is :meth:`publish`, which delivers without waiting; this waits only
+        for the offset, which a shared history (Redis) gives after a round trip.
+
+        .. versionadded:: 0.2
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable; the
+                message still reached this node's subscribers, unnumbered.
+            HubClosedError: if :meth:`aclose` has started.
+            ValueError: if the payload is not a JSON object or has an ``"offset"``.
+        """
+        _check_topic(topic)
+        if self._closing:
+            raise HubClosedError("the hub is closing: publish() is no longer possible")
+        history = self._history
+        policy = history.policy(topic) if history is not None else None
+        if history is None or policy is None:
+            raise HistoryError(f"topic {topic!r} has no history")
+        done = trio.Event()
+        outcome: list[StreamPosition | BaseException] = []
+
+        def reply(result: StreamPosition | BaseException) -> None:
+            outcome.append(result)
+            done.set()
+
+        self._messages_published += 1
+        history.publish(topic, policy, message, reply)
+        await done.wait()
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def history(
+        self, topic: str, *, since: StreamPosition | None = None, limit: int | None = None
+    ) -> HistoryResult:
+        """Read ``topic``'s history: its position, and the publications it keeps.
+
+        Args:
+            topic: A topic with history.
+            since: Only publications after this position; if the history no
+                longer covers them all (another epoch, trimmed, expired), the
+                result has ``recovered=False`` and none.
+            limit: At most this many publications, the oldest first.
+
+        .. versionadded:: 0.2
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable.
+        """
+        _check_topic(topic)
+        if self._history is None:
+            raise HistoryError(f"topic {topic!r} has no history")
+        return await self._history.history(topic, since, limit)
+
+    async def position(self, topic: str) -> StreamPosition:
+        """Return ``topic``'s position: its last offset (0: none yet) and its epoch.
+
+        A position taken before the first publication stays valid after it.
+
+        .. versionadded:: 0.2
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable.
+        """
+        return (await self.history(topic, limit=0)).position
+
+    async def recover(
+        self,
+        client: Client,
+        topic: str,
+        since: StreamPosition | None = None,
+        *,
+        announce: Callable[[HistoryResult], Message | None] | None = None,
+    ) -> HistoryResult:
+        """Subscribe ``client`` to ``topic``, first replaying what it missed since ``since``.
+
+        The client receives, in this order: ``announce(result)`` if that returns
+        a message; every publication after ``since`` (if the history still
+        covers them all: ``result.recovered``); then every later publication.
+        Nothing is missing and nothing comes twice, also while publications
+        keep coming during the catch-up. If the history does not cover
+        ``since`` (another epoch, trimmed, expired), nothing is replayed and
+        ``result.recovered`` is false: the client gets only live publications,
+        from ``result.position`` on. Without ``since`` this subscribes, and
+        says where the topic stands.
+
+        A client already subscribed to ``topic`` is resubscribed from ``since``.
+
+        .. versionadded:: 0.2
+
+        Args:
+            client: A registered client.
+            topic: A topic with history.
+            since: The position of the last publication the client received.
+            announce: Builds the message that goes first, such as the wire
+                protocol's ``subscribed``.
+
+        Returns:
+            What was found; see :class:`HistoryResult`.
+
+        Raises:
+            HistoryError: if ``topic`` has no history.
+            HistoryUnavailableError: if the shared history is unreachable;
+                the client was not subscribed.
+        """
+        _check_topic(topic)
+        if self._history is None:
+            raise HistoryError(f"topic {topic!r} has no history")
+        return await self._history.recover(client, topic, since, announce)
+
+    def has_history(self, topic: str) -> bool:
+        """Whether ``topic``'s publications are numbered and kept.
+
+        .. versionadded:: 0.2
+        """
+        return self._history is not None and self._history.policy(topic) is not None
+
+    def deliver_publication(self, topic: str, offset: int, epoch: str, data: bytes) -> None:
+        """Deliver a publication numbered by a shared history; called by the backend.
+
+        .. versionadded:: 0.2
+        """
+        self._messages_received += 1
+        if self._history is not None:
+            self._history.deliver_publication(topic, offset, epoch, data)
 
     def deliver(self, topic: str | None, data: bytes) -> None:
         """Deliver a message that another node published; called by the backend.
@@ -450,6 +699,7 @@ class Hub(metaclass=NoPublicConstructor):
 
     def statistics(self) -> HubStatistics:
         """Return a frozen snapshot of the hub's state and counters."""
+        history = self._history
         queued = queued_bytes = 0
         for client in self._live:
             queued += client._backlog
@@ -475,11 +725,22 @@ class Hub(metaclass=NoPublicConstructor):
             discarded=self._discarded,
             errors=self._errors,
             registrations=self._registrations,
+            presence_entries=self._presence.entry_count() if self._presence else 0,
+            presence_joins=self._presence.joins if self._presence else 0,
+            presence_leaves=self._presence.leaves if self._presence else 0,
+            presence_expirations=self._presence.expirations if self._presence else 0,
             backend=(
                 self._backend.statistics()
                 if self._backend is not None
                 else MemoryBackend().statistics()
             ),
+            history_sizes=types.MappingProxyType(history.sizes() if history else {}),
+            recoveries=history.recoveries if history else 0,
+            recovery_failures=history.recovery_failures if history else 0,
+            history_errors=history.history_errors if history else 0,
+            history_local_only=history.local_only if history else 0,
+            history_gaps=history.gaps if history else 0,
+            compression=self._compression.snapshot(),
         )
 
     # -------------------------------------------------------------- shutdown
@@ -522,6 +783,9 @@ class Hub(metaclass=NoPublicConstructor):
             for client in list(self._clients):
                 client.close(CloseCode.GOING_AWAY, "hub shutting down")
             await self._all_finished.wait()
+        if self._presence is not None:
+            # Goodbye to the other nodes (bounded by the backend's timeouts).
+            await self._presence.aclose()
         # Last, once no client can publish any more: disconnect from the backend.
         self._backend_scope.cancel()
         self._closed.set()
@@ -581,6 +845,12 @@ async def open_hub(
     on_message: MessageHandler | None = None,
     intake_limit: int | None = 16384,
     backend: Backend | None = None,
+    history_size: int | None = None,
+    history_ttl: float | None = None,
+    history: Callable[[str], HistoryPolicy | None] | None = None,
+    max_history_topics: int = 10_000,
+    presence: bool = False,
+    presence_events: PresenceEvents = False,
 ) -> AsyncIterator[Hub]:
     """Open a hub that owns a nursery for its clients' tasks.
 
@@ -615,6 +885,26 @@ async def open_hub(
         backend: Where broadcasts and publications are shared with other hub
             processes; by default a :class:`~trio_hub.backends.MemoryBackend`
             (this process only). See :mod:`trio_hub.backends`.
+        history_size: Give every topic a history of this many publications
+            (see :ref:`recovery`); ``None`` (the default): no history.
+        history_ttl: Seconds each publication stays in the history; ``None``:
+            no time limit. Needs ``history_size``.
+        history: Decides per topic instead: a function of the topic that
+            returns its :class:`HistoryPolicy`, or ``None`` for no history.
+        max_history_topics: The most topics whose history this process keeps
+            in memory; past it, the topic that published least recently loses
+            its history (its epoch changes). Not used with a shared history.
+        presence: Track who is subscribed to each topic, for
+            :meth:`Hub.presence`; shared by every node if the backend supports
+            it (see :doc:`/howto/presence`).
+        presence_events: Send ``join`` and ``leave`` messages to a topic's
+            subscribers when a connection subscribes or leaves: ``True`` for
+            every topic, or a predicate that takes the topic. ``True`` or a
+            predicate implies ``presence=True``.
+
+    .. versionchanged:: 0.2
+       The ``history_size``, ``history_ttl``, ``history``,
+       ``max_history_topics``, ``presence`` and ``presence_events`` arguments.
 
     Yields:
         The open hub.
@@ -634,10 +924,14 @@ async def open_hub(
         close_timeout=close_timeout,
         on_message=on_message,
         intake_limit=intake_limit,
+        history=_history_policy(history_size, history_ttl, history),
+        max_history_topics=max_history_topics,
     )
     try:
         async with trio.open_nursery() as nursery:
             hub = Hub._create(nursery, config, backend if backend is not None else MemoryBackend())
+            if presence or presence_events is not False:
+                _enable_presence(hub, presence_events)
             if hub._backend is not None:
                 await nursery.start(hub._run_backend)
             if config.ping_interval is not None:
@@ -657,6 +951,33 @@ async def open_hub(
         if len(group.exceptions) != 1:
             raise
         _reraise(group.exceptions[0])
+
+
+def _history_policy(
+    size: int | None, ttl: float | None, per_topic: HistoryPolicyFunction | None
+) -> HistoryPolicyFunction | None:
+    if per_topic is not None:
+        if size is not None or ttl is not None:
+            raise ValueError("give either history, or history_size and history_ttl, not both")
+        if not callable(per_topic):
+            raise TypeError(f"history must be a function of the topic, got {per_topic!r}")
+        return per_topic
+    if size is None:
+        if ttl is not None:
+            raise ValueError("history_ttl needs history_size")
+        return None
+    policy = HistoryPolicy(size, ttl)
+    return lambda topic: policy
+
+
+def _enable_presence(hub: Hub, events: PresenceEvents) -> None:
+    tracker = _PresenceTracker(hub, events)
+    # A backend shares presence if it can open a store for it (duck-typed, so
+    # that the Backend protocol stays as it is for backends without presence).
+    open_presence = getattr(hub._backend, "open_presence", None)
+    if open_presence is not None:
+        tracker.attach(open_presence(tracker))
+    hub._presence = tracker
 
 
 def _reraise(exc: BaseException) -> NoReturn:

@@ -55,7 +55,15 @@ class Message:
         True
     """
 
-    __slots__ = ("_data", "_frame", "_payload", "_text", "_type")
+    __slots__ = (
+        "_data",
+        "_deflate_frame",
+        "_deflate_plain_size",
+        "_frame",
+        "_payload",
+        "_text",
+        "_type",
+    )
 
     _type: str
     _payload: JSONValue
@@ -64,6 +72,13 @@ class Message:
     # The WebSocket frame (header + data) that the fast write path sends. Built
     # at most once per message, however many clients it reaches.
     _frame: bytes | None
+    # The frame for clients that negotiated permessage-deflate (see
+    # _compression.deflate_frame): compressed, or ``_frame`` itself when the
+    # message is too small to gain. Built at most once, like ``_frame``.
+    _deflate_frame: bytes | None
+    # With a compressed _deflate_frame: the size of the plain frame, for the
+    # per-delivery statistics; 0 otherwise.
+    _deflate_plain_size: int
 
     def __init__(self, type: str, payload: JSONValue = None) -> None:
         if not isinstance(type, str) or not type:
@@ -72,6 +87,8 @@ class Message:
         self._payload = payload
         self._text = None
         self._frame = None
+        self._deflate_frame = None
+        self._deflate_plain_size = 0
         self._data = _codec.encode({"type": type, "payload": payload})
 
     @classmethod
@@ -85,6 +102,8 @@ class Message:
         message._data = data
         message._text = None
         message._frame = None
+        message._deflate_frame = None
+        message._deflate_plain_size = 0
         return message
 
     @property

@@ -9,13 +9,15 @@ server unchanged; topics are an addition.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from . import _codec
 from ._auth import Grant, InvalidTokenError
 from ._errors import HubClosedError
+from ._history import HistoryResult, HistoryUnavailableError, StreamPosition
 from ._message import JSONValue, Message, _json_kind
+from .backends._base import BackendUnavailableError
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -91,13 +93,33 @@ async def protocol_handler(client: Client, message: Message) -> None:
       ``{"type": "broadcastResult", "payload": <the same>, "listenerCount": N}``
       (``listenerCount`` sits beside the payload, as websocket-shootout has it).
     * ``subscribe`` with ``{"topic": T}``: the sender gets ``subscribed``
-      ``{"topic": T}``. Subscribing twice is harmless.
+      ``{"topic": T}``. Subscribing twice is harmless. On a topic with history
+      (:ref:`wire-recovery`), ``subscribed`` also carries ``"offset"`` (the
+      topic's last offset) and ``"epoch"``, and ``subscribe`` may carry
+      ``"recover": {"offset": N, "epoch": E}``: ``subscribed`` then says
+      ``"recovered": true`` and is followed by every publication after ``N``
+      as ordinary ``message`` frames, before any later one, or says
+      ``"recovered": false`` and replays nothing.
     * ``unsubscribe`` with ``{"topic": T}``: the sender gets ``unsubscribed``
       ``{"topic": T}``, whether it was subscribed or not.
     * ``publish`` with ``{"topic": T, "data": X}`` (``data`` defaults to
       ``null``): each subscriber of T, the sender too if subscribed, gets
-      ``message`` ``{"topic": T, "data": X}``; then the sender gets
+      ``message`` ``{"topic": T, "data": X}`` (with ``"offset": N`` on a
+      topic with history); then the sender gets
       ``publishResult`` ``{"topic": T, "listenerCount": N}``.
+    * ``presence`` with ``{"topic": T}``, for a topic the sender is subscribed
+      to, on a hub that tracks presence: the sender gets ``presence``
+      ``{"topic": T, "clients": [E, ...]}``, one entry per connection on every
+      node, the sender's own included. Each entry ``E`` is
+      ``{"id": "<client id>", "identity": "<str>" | null, "info": <JSON> | null}``
+      (:meth:`PresenceInfo.to_json <trio_hub.PresenceInfo.to_json>`).
+
+    When the hub sends presence events (``open_hub(presence_events=...)``, the
+    server's ``--presence``), each subscriber of T also gets ``join``
+    ``{"topic": T, "client": E}`` when another connection subscribes to T, and
+    ``leave`` ``{"topic": T, "client": E}`` when one unsubscribes, disconnects,
+    or its node dies (within the backend's bound). A connection gets neither
+    for itself: it has its ``subscribed``/``unsubscribed`` reply.
 
     A topic is a non-empty string of at most :data:`MAX_TOPIC_LENGTH`
     characters, and one client may hold at most :data:`MAX_TOPICS_PER_CLIENT`
@@ -122,9 +144,15 @@ async def protocol_handler(client: Client, message: Message) -> None:
         the connection stays open. ``C`` is ``unknown_type`` (no such message
         type), ``invalid_payload`` (the payload does not have the shape the
         type needs: not an object, a missing, empty, non-string or too long
-        topic, or an unknown field), ``limit_exceeded`` (one ``subscribe``
-        too many), ``forbidden`` (see above) or ``invalid_token`` (a
-        ``refresh`` whose token is refused). The hub itself answers frames that are not JSON
+        topic, an unknown field, or a malformed ``recover``), ``limit_exceeded``
+        (one ``subscribe`` too many), ``forbidden`` (see above), ``invalid_token``
+        (a ``refresh`` whose token is refused), ``history_unavailable`` (a
+        ``subscribe`` on a topic with history while the shared history is
+        unreachable; the client is not subscribed), ``not_subscribed``
+        (``presence`` for a topic the sender is not subscribed to),
+        ``presence_disabled`` (``presence`` on a hub that does not track it) or
+        ``unavailable`` (the shared presence cannot be read now, during a
+        backend outage). The hub itself answers frames that are not JSON
         (``invalid_json``) or not an envelope (``invalid_envelope``) before any
         handler sees them.
 
@@ -135,6 +163,15 @@ async def protocol_handler(client: Client, message: Message) -> None:
         client: The client that sent ``message``.
         message: The decoded message.
     """
+    if message.type == "presence":
+        # The one request that may wait: with a shared store it reads Redis.
+        try:
+            await _presence(client, message.payload)
+        except _ProtocolError as exc:
+            _reply_error(client, exc.code, exc.detail)
+        except HubClosedError:
+            return
+        return
     action = _ACTIONS.get(message.type)
     if action is None:
         _reply_error(
@@ -144,9 +181,13 @@ async def protocol_handler(client: Client, message: Message) -> None:
         )
         return
     try:
-        action(client, message.payload)
+        pending = action(client, message.payload)
+        if pending is not None:
+            await pending
     except _ProtocolError as exc:
         _reply_error(client, exc.code, exc.detail)
+    except HistoryUnavailableError as exc:
+        _reply_error(client, "history_unavailable", str(exc))
     except HubClosedError:
         # Only reachable when a caller's own handler awaited something before
         # calling us and the hub began shutting down meanwhile: the client is
@@ -203,9 +244,11 @@ def _broadcast(client: Client, payload: JSONValue) -> None:
     client.send(Message._trusted("broadcastResult", payload, data))
 
 
-def _subscribe(client: Client, payload: JSONValue) -> None:
-    topic = _topic_of("subscribe", payload, _TOPIC_ONLY)
+def _subscribe(client: Client, payload: JSONValue) -> Awaitable[None] | None:
+    topic = _topic_of("subscribe", payload, _SUBSCRIBE_FIELDS, required=1)
+    assert isinstance(payload, Mapping)  # _topic_of checked it
     _forbid(client, "subscribe", topic)
+    since = _recover_position(payload["recover"]) if "recover" in payload else None
     topics = client.topics
     if topic not in topics and len(topics) >= MAX_TOPICS_PER_CLIENT:
         raise _ProtocolError(
@@ -213,8 +256,52 @@ def _subscribe(client: Client, payload: JSONValue) -> None:
             f"a client may be subscribed to at most {MAX_TOPICS_PER_CLIENT} topics; "
             "unsubscribe from one first",
         )
+    if client.hub.has_history(topic):
+        return _subscribe_with_history(client, topic, since, "recover" in payload)
     client.subscribe(topic)
-    client.send(Message._trusted("subscribed", {"topic": topic}, None))
+    reply: dict[str, JSONValue] = {"topic": topic}
+    if "recover" in payload:
+        # Nothing to recover from: a topic without history has no positions.
+        reply["recovered"] = False
+    client.send(Message._trusted("subscribed", reply, None))
+    return None
+
+
+async def _subscribe_with_history(
+    client: Client, topic: str, since: StreamPosition | None, asked: bool
+) -> None:
+    def announce(result: HistoryResult) -> Message:
+        reply: dict[str, JSONValue] = {
+            "topic": topic,
+            "offset": result.position.offset,
+            "epoch": result.position.epoch,
+        }
+        if asked:
+            reply["recovered"] = result.recovered
+        return Message._trusted("subscribed", reply, None)
+
+    # The reply goes first, then the replayed publications, then live ones.
+    await client.recover(topic, since, announce=announce)
+
+
+def _recover_position(value: JSONValue) -> StreamPosition | None:
+    """Return the position in a ``recover`` field, or raise ``invalid_payload``."""
+    if not isinstance(value, Mapping) or value.keys() != {"offset", "epoch"}:
+        raise _ProtocolError(
+            "invalid_payload",
+            "'recover' must be an object with exactly 'offset' and 'epoch', "
+            f"got {_json_kind(value) if not isinstance(value, Mapping) else sorted(value)!r}",
+        )
+    offset, epoch = value["offset"], value["epoch"]
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise _ProtocolError(
+            "invalid_payload", f"'recover.offset' must be an integer >= 0, got {offset!r}"
+        )
+    if not isinstance(epoch, str):
+        raise _ProtocolError(
+            "invalid_payload", f"'recover.epoch' must be a string, got {_json_kind(epoch)}"
+        )
+    return StreamPosition(offset, epoch)
 
 
 def _unsubscribe(client: Client, payload: JSONValue) -> None:
@@ -229,6 +316,28 @@ def _publish(client: Client, payload: JSONValue) -> None:
     _forbid(client, "publish", topic)
     count = client.hub.publish(topic, publication(topic, payload.get("data")))
     client.send(Message._trusted("publishResult", {"topic": topic, "listenerCount": count}, None))
+
+
+async def _presence(client: Client, payload: JSONValue) -> None:
+    topic = _topic_of("presence", payload, _TOPIC_ONLY)
+    hub = client.hub
+    if not hub.presence_enabled:
+        raise _ProtocolError("presence_disabled", "this hub does not track presence")
+    # Presence follows the right to subscribe: whoever may not hear a topic
+    # may not see who is on it either.
+    if topic not in client.topics:
+        raise _ProtocolError("not_subscribed", f"subscribe to {topic!r} before asking who is on it")
+    try:
+        entries = await hub.presence(topic)
+    except BackendUnavailableError as exc:
+        raise _ProtocolError("unavailable", f"presence cannot be read now: {exc}") from None
+    if client.closed:
+        return
+    client.send(
+        Message._trusted(
+            "presence", {"topic": topic, "clients": [entry.to_json() for entry in entries]}, None
+        )
+    )
 
 
 def _refresh(client: Client, payload: JSONValue) -> None:
@@ -254,10 +363,12 @@ def _refresh(client: Client, payload: JSONValue) -> None:
     client.send(Message._trusted("refreshed", reply, None))
 
 
-def _topic_of(message_type: str, payload: JSONValue, fields: tuple[str, ...]) -> str:
+def _topic_of(
+    message_type: str, payload: JSONValue, fields: tuple[str, ...], required: int = 0
+) -> str:
     """Return the payload's topic, or raise ``invalid_payload`` saying what is wrong."""
     if not isinstance(payload, Mapping):
-        expected = " and ".join(repr(field) for field in fields)
+        expected = " and ".join(repr(field) for field in fields[: required or None])
         raise _ProtocolError(
             "invalid_payload",
             f"a {message_type!r} payload must be an object with {expected}, "
@@ -289,7 +400,7 @@ def _topic_of(message_type: str, payload: JSONValue, fields: tuple[str, ...]) ->
     return topic
 
 
-_Action: TypeAlias = "Callable[[Client, JSONValue], None]"
+_Action: TypeAlias = "Callable[[Client, JSONValue], Awaitable[None] | None]"
 
 _ACTIONS: Final[Mapping[str, _Action]] = {
     "echo": _echo,
@@ -299,6 +410,7 @@ _ACTIONS: Final[Mapping[str, _Action]] = {
     "publish": _publish,
     "refresh": _refresh,
 }
-_KNOWN_TYPES: Final = ", ".join(repr(name) for name in _ACTIONS)
+_KNOWN_TYPES: Final = ", ".join(repr(name) for name in [*_ACTIONS, "presence"])
 _TOPIC_ONLY: Final = ("topic",)
+_SUBSCRIBE_FIELDS: Final = ("topic", "recover")
 _TOPIC_AND_DATA: Final = ("topic", "data")

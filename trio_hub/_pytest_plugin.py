@@ -66,7 +66,7 @@ async def hub(hub_settings: HubSettings) -> AsyncIterator[Hub]:
 def hub_client(hub: Hub) -> HubClientFactory:
     """A factory of in-memory clients registered with the ``hub`` fixture.
 
-    Call it as ``hub_client(topics=..., identity=..., on_message=...,
+    Call it as ``hub_client(topics=..., identity=..., info=..., on_message=...,
     wire_capacity=...)``; see :meth:`trio_hub.testing.TestHub.connect`.
     """
     return TestHub(hub).connect

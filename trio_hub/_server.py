@@ -11,17 +11,19 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Literal, final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
 
 from ._client import Client
 from ._closecodes import CloseCode
+from ._compression import DeflateParameters, negotiate_deflate
 from ._connection import ServerConnection, handshake_response
 from ._errors import HubClosedError, HubError
 from ._http import METRICS_MODES, HTTPSide, serve_request
 from ._hub import Hub
+from ._message import JSONValue
 from ._stream import HubStream, WriteCoalescer
 from ._util import NoPublicConstructor
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 __all__ = [
+    "Admission",
     "Authenticator",
     "HandshakeRejection",
     "HandshakeRequest",
@@ -82,6 +85,24 @@ class HandshakeRequest:
 
 Authenticator = Callable[[HandshakeRequest], Awaitable[object]]
 """An async callable that returns the client's identity or raises :class:`HandshakeRejection`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Return one from an ``authenticate`` hook to attach presence ``info`` too.
+
+    Any other return value is the client's identity alone.
+
+    Attributes:
+        identity: The client's :attr:`Client.identity`.
+        info: Its :attr:`Client.info`: small JSON shown in presence, at most
+            :data:`MAX_PRESENCE_INFO_SIZE` bytes.
+
+    .. versionadded:: 0.2
+    """
+
+    identity: object
+    info: JSONValue = None
 
 
 def default_index_html() -> bytes:
@@ -204,6 +225,7 @@ async def serve_hub(
     index_html: bytes | None = None,
     api_key: str | None = None,
     metrics: str = "off",
+    compression: Literal["deflate"] | None = "deflate",
     task_status: trio.TaskStatus[HubServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept WebSocket clients for ``hub`` on ``host``:``port``.
@@ -228,6 +250,10 @@ async def serve_hub(
     5. ``authenticate(request)`` returns the client's identity
        (:attr:`Client.identity`) or raises :class:`HandshakeRejection`.
     6. The upgrade; inbound messages over ``max_message_size`` close with 1009.
+       With ``compression="deflate"``, permessage-deflate is negotiated with
+       clients that offer it (see :ref:`compression`): each message is
+       compressed once for all of them, and a compressed message from a client
+       that inflates past ``max_message_size`` closes with 1009 too.
 
     Stopping (:meth:`HubServer.aclose`, or cancelling this task) stops
     accepting first, then shuts the hub down (drain, then 1001 to every client).
@@ -250,6 +276,10 @@ async def serve_hub(
             requires ``api_key`` for it too, ``"off"`` (the default, so that
             no server exposes its figures without being asked to) serves none
             (404). ``python -m trio_hub serve`` passes ``"open"``.
+        compression: ``"deflate"`` to negotiate permessage-deflate (RFC 7692)
+            with clients that offer it, ``None`` to never compress.
+
+            .. versionadded:: 0.2
         task_status: For ``nursery.start``.
 
     .. versionchanged:: 0.2
@@ -259,6 +289,8 @@ async def serve_hub(
         raise ValueError(f"max_connections must be None or >= 1, got {max_connections!r}")
     if not handshake_timeout > 0:
         raise ValueError(f"handshake_timeout must be > 0, got {handshake_timeout!r}")
+    if compression not in ("deflate", None):
+        raise ValueError(f"compression must be 'deflate' or None, got {compression!r}")
     if metrics not in METRICS_MODES:
         raise ValueError(f"metrics must be one of {METRICS_MODES}, got {metrics!r}")
     if api_key is not None and not api_key:
@@ -284,6 +316,7 @@ async def serve_hub(
         coalescer=WriteCoalescer(),
         http=http,
         flush_nursery=None,
+        compression=compression == "deflate",
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = HubServer._create(hub, listeners, http)
@@ -341,6 +374,7 @@ class _Policy:
     coalescer: WriteCoalescer
     http: HTTPSide
     flush_nursery: trio.Nursery | None
+    compression: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,22 +504,32 @@ async def _handshake(
         if subject is not None:
             logger.info("%s: authenticated as %r", _show(remote), subject)
     # What the connection needs of the request: the response (the accept key,
-    # and the extensions' answer once there are any) and the bytes after the head.
+    # and permessage-deflate's answer, if agreed) and the bytes after the head.
     # A list, which _upgrade empties: nothing of it may stay alive in
     # _handle's frame for as long as the client is connected.
-    return [handshake_response(headers), raw[len(head_bytes) + 4 :], identity, deadline, remote]
+    offers = headers.get("sec-websocket-extensions")
+    deflate = negotiate_deflate([offers]) if policy.compression and offers else None
+    return [
+        handshake_response(headers, deflate),
+        raw[len(head_bytes) + 4 :],
+        identity,
+        deadline,
+        remote,
+        deflate,
+    ]
 
 
 async def _upgrade(
     policy: _Policy, stream: trio.SocketStream, admitted: list[object]
 ) -> Client | None:
     """Send the 101 response and register the client; return it, not yet running."""
-    response, initial, identity, deadline, remote = admitted
+    response, initial, identity, deadline, remote, deflate = admitted
     admitted.clear()
     assert isinstance(response, bytes)
     assert isinstance(initial, bytes)
     assert isinstance(deadline, float)
     assert remote is None or isinstance(remote, tuple)
+    assert deflate is None or isinstance(deflate, DeflateParameters)
     with trio.move_on_at(deadline) as accept_scope:
         try:
             await stream.send_all(response)
@@ -503,10 +547,24 @@ async def _upgrade(
     # nursery of its own.
     writer = HubStream(stream, nursery=policy.flush_nursery, coalescer=policy.coalescer)
     connection = ServerConnection(
-        stream, writer, max_message_size=policy.max_message_size, initial=initial
+        stream,
+        writer,
+        max_message_size=policy.max_message_size,
+        initial=initial,
+        deflate=deflate,
+        counters=policy.hub._compression,
     )
+    info: JSONValue = None
+    if isinstance(identity, Admission):
+        admission = identity
+        identity, info = admission.identity, admission.info
     try:
-        client = policy.hub._add_client(connection, identity=identity)
+        client = policy.hub._add_client(connection, identity=identity, info=info)
+    except ValueError:
+        logger.exception("%s: the authenticate hook returned unusable info", _show(remote))
+        with trio.move_on_after(_RESPONSE_TIMEOUT):
+            await connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return None
     except HubClosedError:
         with trio.move_on_after(_RESPONSE_TIMEOUT):
             await connection.close(CloseCode.GOING_AWAY, "shutting down")

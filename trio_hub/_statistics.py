@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import final
 
 from .backends._base import BackendStatistics
 
-__all__ = ["ClientStatistics", "HubStatistics"]
+__all__ = ["ClientStatistics", "CompressionStatistics", "HubStatistics"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +43,35 @@ class HubStatistics:
         errors: Clients ended by an exception in a handler or a transport.
         registrations: Clients registered since the hub opened.
         backend: The backend's state and counters.
+        history_sizes: For each topic whose history this process keeps (the
+            memory history), how many publications it holds now; empty with a
+            shared history (Redis), which keeps its own.
+        recoveries: Recoveries (:meth:`Client.recover` with a position) that
+            replayed everything missed (``recovered=True``).
+        recovery_failures: Recoveries that could not (``recovered=False``:
+            wrong epoch, trimmed, expired): nothing was replayed.
+        history_errors: History requests that failed because the shared
+            history was unreachable (:class:`HistoryUnavailableError`).
+        history_local_only: Publications on a topic with history that reached
+            this node's clients only, without an offset, because the shared
+            history was unreachable (the topic's epoch then changes).
+        history_gaps: Times this node found that it had missed numbered
+            publications from the backend (an offset that skips, or a new
+            epoch), and closed the topic's clients with 4003 so that they
+            recover.
+
+        presence_entries: This node's presence entries now (one per connection
+            and topic); 0 unless the hub tracks presence.
+        presence_joins: Entries this node has added (subscriptions begun).
+        presence_leaves: Entries this node has removed (subscriptions ended).
+        presence_expirations: Other nodes' entries that this node saw expire
+            because their node stopped answering (see :doc:`/howto/presence`).
+        compression: permessage-deflate's counters (all zero while no client
+            negotiated it).
+
+    .. versionchanged:: 0.2
+       The ``history_*``, ``recover*``, ``presence_*`` and ``compression``
+       fields.
     """
 
     clients: int
@@ -63,6 +93,58 @@ class HubStatistics:
     errors: int
     registrations: int
     backend: BackendStatistics
+    history_sizes: Mapping[str, int]
+    recoveries: int
+    recovery_failures: int
+    history_errors: int
+    history_local_only: int
+    history_gaps: int
+    compression: CompressionStatistics
+    presence_entries: int = 0
+    presence_joins: int = 0
+    presence_leaves: int = 0
+    presence_expirations: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompressionStatistics:
+    """Counters of permessage-deflate, in :attr:`HubStatistics.compression`.
+
+    Outbound sizes are whole frames (header included), as they go on the wire;
+    inbound ones are payloads, compressed and inflated.
+    Outbound messages are counted once each, when their compressed frame is
+    built (however many clients it then reaches); deliveries are counted per
+    client, when a compressed frame is handed to the connection.
+
+    Attributes:
+        messages_compressed: Messages whose compressed frame was built.
+        messages_uncompressed: Messages sent to compressing clients as plain
+            frames: under the size threshold (128 bytes), or not smaller
+            compressed (each counted once).
+        bytes_before: Plain frame sizes of the compressed messages.
+        bytes_after: Their compressed frame sizes.
+        deliveries_compressed: Compressed frames handed to connections.
+        delivered_bytes_before: What those deliveries would have been as
+            plain frames.
+        delivered_bytes_after: What they were.
+        inbound_messages: Compressed messages received from clients.
+        inbound_bytes_before: Their compressed payload sizes.
+        inbound_bytes_after: Their decompressed sizes.
+
+    .. versionadded:: 0.2
+    """
+
+    messages_compressed: int = 0
+    messages_uncompressed: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    deliveries_compressed: int = 0
+    delivered_bytes_before: int = 0
+    delivered_bytes_after: int = 0
+    inbound_messages: int = 0
+    inbound_bytes_before: int = 0
+    inbound_bytes_after: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,18 +32,23 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol, TypedDict, Unpack, final
+from unittest.mock import ANY
 
 import trio
 
 from ._closecodes import CloseCode
 from ._errors import TransportClosed
+from ._history import HistoryResult, StreamPosition
 from ._hub import Hub, open_hub
-from ._message import Message
+from ._message import JSONValue, Message
+from ._presence import PresenceInfo
 
 if TYPE_CHECKING:
     from ._client import Client
     from ._config import MessageHandler
+    from ._history import HistoryPolicyFunction
     from ._policy import SlowClientPolicy
+    from ._presence import PresenceEvents
     from .backends import Backend
 
 __all__ = [
@@ -82,6 +87,12 @@ class HubSettings(TypedDict, total=False):
     on_message: MessageHandler | None
     intake_limit: int | None
     backend: Backend | None
+    history_size: int | None
+    history_ttl: float | None
+    history: HistoryPolicyFunction | None
+    max_history_topics: int
+    presence: bool
+    presence_events: PresenceEvents
 
 
 class HubClientFactory(Protocol):
@@ -108,6 +119,7 @@ class HubClientFactory(Protocol):
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
         wire_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
     ) -> MemoryClient:
@@ -348,6 +360,15 @@ def _format(type: str, payload: object) -> str:
     return f"Message({type!r}, {payload!r})"
 
 
+def _identities(entries: Iterable[PresenceInfo]) -> list[str | None]:
+    """The identities of presence entries, one per entry."""
+    return [entry.identity for entry in entries]
+
+
+def _identity_key(identity: str | None) -> tuple[bool, str]:
+    return (identity is not None, identity or "")
+
+
 def _describe_close(code: int, reason: str) -> str:
     try:
         name = f" {CloseCode(code).name}"
@@ -396,8 +417,11 @@ class _Link:
         "outbound_send",
         "peer_closed",
         "pings",
+        "positions",
         "reason",
         "server_side",
+        "test_hub",
+        "wire_capacity",
     )
 
     def __init__(self, wire_capacity: int | float, inbound_capacity: int | float) -> None:
@@ -412,6 +436,10 @@ class _Link:
         self.code: int | None = None
         self.reason = ""
         self.server_side: Client | None = None
+        self.test_hub: TestHub | None = None
+        self.wire_capacity = wire_capacity
+        # Topics with history: the position of the last publication received.
+        self.positions: dict[str, StreamPosition] = {}
 
 
 @final
@@ -616,7 +644,7 @@ class MemoryClient:
             MemoryClientClosed: as :meth:`receive_text`.
             trio.TooSlowError: as :meth:`receive_text`.
         """
-        return Message.decode(await self.receive_text(timeout=timeout))
+        return self._note(Message.decode(await self.receive_text(timeout=timeout)))
 
     def receive_nowait(self) -> Message:
         """Return the next message if one is waiting.
@@ -629,7 +657,61 @@ class MemoryClient:
             text = self._link.outbound_receive.receive_nowait()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self._closed() from None
-        return Message.decode(text)
+        return self._note(Message.decode(text))
+
+    def _note(self, message: Message) -> Message:
+        # Keep the position of the last publication received on each topic
+        # with history; see position().
+        positions = self._link.positions
+        payload = message.payload
+        if positions and isinstance(payload, dict):
+            offset = payload.get("offset")
+            if isinstance(offset, int) and not isinstance(offset, bool):
+                topic = payload.get("topic")
+                if not isinstance(topic, str) and len(positions) == 1:
+                    topic = next(iter(positions))
+                if isinstance(topic, str) and topic in positions:
+                    positions[topic] = StreamPosition(offset, positions[topic].epoch)
+        return message
+
+    def position(self, topic: str) -> StreamPosition | None:
+        """The position of the last publication this client received on ``topic``.
+
+        Known for the topics subscribed with :meth:`TestHub.recover` (which
+        gives the epoch), and updated by every message received whose payload
+        carries an ``"offset"`` and names the topic in ``"topic"``, as the
+        wire protocol's ``message`` frames do (or that comes while the client
+        holds one topic with history). ``None`` for other topics.
+
+        .. versionadded:: 0.2
+        """
+        return self._link.positions.get(topic)
+
+    async def reconnect(self) -> tuple[MemoryClient, dict[str, HistoryResult]]:
+        """Close this connection (if open), connect again, and recover every topic.
+
+        The new client recovers each topic that this one subscribed with
+        :meth:`TestHub.recover`, from the position of the last publication
+        this one *received* (:meth:`position`): messages still unread when it
+        closed count as missed, as for a browser whose connection drops.
+
+        Returns:
+            The new client, and the result of each topic's recovery.
+
+        Raises:
+            RuntimeError: if this client was not connected by :meth:`TestHub.connect`.
+
+        .. versionadded:: 0.2
+        """
+        test_hub = self._link.test_hub
+        if test_hub is None:
+            raise RuntimeError("only a client from TestHub.connect() can reconnect")
+        await self.close()
+        client = test_hub.connect(wire_capacity=self._link.wire_capacity)
+        results = {}
+        for topic, position in self._link.positions.items():
+            results[topic] = await test_hub.recover(client, topic, position)
+        return client, results
 
     def drain(self) -> list[Message]:
         """Return every message waiting now, without blocking."""
@@ -713,6 +795,54 @@ class MemoryClient:
                 f"received the wrong message\n  expected: {expected}\n  received: {got!r}{unread}"
             )
         return got
+
+    async def expect_join(
+        self,
+        topic: str,
+        *,
+        identity: object = ANY,
+        info: object = ANY,
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> PresenceInfo:
+        """Assert that the next message is a ``join`` on ``topic``.
+
+        Args:
+            topic: The topic.
+            identity: The identity expected in the entry; any by default.
+            info: The info expected in the entry; any by default.
+            timeout: Seconds to wait.
+
+        Returns:
+            The entry of the connection that joined.
+
+        Raises:
+            AssertionError: as :meth:`expect`.
+
+        .. versionadded:: 0.2
+        """
+        return await self._expect_presence_event("join", topic, identity, info, timeout)
+
+    async def expect_leave(
+        self,
+        topic: str,
+        *,
+        identity: object = ANY,
+        info: object = ANY,
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> PresenceInfo:
+        """Assert that the next message is a ``leave`` on ``topic``; see :meth:`expect_join`.
+
+        .. versionadded:: 0.2
+        """
+        return await self._expect_presence_event("leave", topic, identity, info, timeout)
+
+    async def _expect_presence_event(
+        self, kind: str, topic: str, identity: object, info: object, timeout: float
+    ) -> PresenceInfo:
+        wanted = {"topic": topic, "client": {"id": ANY, "identity": identity, "info": info}}
+        message = await self.expect(kind, wanted, timeout=timeout)
+        assert isinstance(message.payload, dict)
+        return PresenceInfo._from_json(message.payload["client"])
 
     async def expect_closed(
         self, code: int | None = None, *, timeout: float = _DEFAULT_TIMEOUT
@@ -865,6 +995,7 @@ class TestHub:
         *,
         topics: Iterable[str] = (),
         identity: object = None,
+        info: JSONValue = None,
         on_message: MessageHandler | None = None,
         wire_capacity: int | float = _DEFAULT_WIRE_CAPACITY,
     ) -> MemoryClient:
@@ -876,6 +1007,7 @@ class TestHub:
         Args:
             topics: Topics to subscribe the client to, as for :meth:`~trio_hub.Hub.register`.
             identity: As for :meth:`~trio_hub.Hub.register`.
+            info: Presence info, as for :meth:`~trio_hub.Hub.register`.
             on_message: A handler for this client's messages, overriding the
                 hub's, as for :meth:`~trio_hub.Hub.register`.
             wire_capacity: Frames the connection buffers before the hub's
@@ -893,10 +1025,62 @@ class TestHub:
         """
         transport, peer = memory_connection(wire_capacity=wire_capacity)
         client = self._hub.register(
-            transport, topics=topics, identity=identity, on_message=on_message
+            transport, topics=topics, identity=identity, info=info, on_message=on_message
         )
         peer._link.server_side = client
+        peer._link.test_hub = self
         return peer
+
+    async def recover(
+        self, client: MemoryClient, topic: str, since: StreamPosition | None = None
+    ) -> HistoryResult:
+        """Subscribe ``client`` to ``topic`` with recovery, as :meth:`~trio_hub.Hub.recover`.
+
+        The client then keeps its position on ``topic`` (:meth:`MemoryClient.position`),
+        for :meth:`MemoryClient.reconnect`.
+
+        .. versionadded:: 0.2
+        """
+        result = await self._hub.recover(client.server_side, topic, since)
+        # Where the client stands before it reads the replay (if any); each
+        # publication it receives moves this on.
+        client._link.positions[topic] = (
+            since if result.recovered and since is not None else result.position
+        )
+        return result
+
+    async def assert_present(self, topic: str, *identities: str | None) -> list[PresenceInfo]:
+        """Assert who is on ``topic``: exactly these identities, one per connection.
+
+        The order does not matter; an identity with two connections is listed
+        twice. Needs a hub opened with ``presence=True`` (or ``presence_events``).
+
+        Example::
+
+            >>> import trio
+            >>> from trio_hub.testing import open_test_hub
+            >>> async def main() -> None:
+            ...     async with open_test_hub(presence_events=True) as test_hub:
+            ...         alice = test_hub.connect(identity="alice", topics=["room"])
+            ...         test_hub.connect(identity="bob", info={"name": "Bob"}, topics=["room"])
+            ...         await alice.expect_join("room", identity="bob", info={"name": "Bob"})
+            ...         await test_hub.assert_present("room", "alice", "bob")
+            >>> trio.run(main)
+
+        Returns:
+            The entries, as :meth:`~trio_hub.Hub.presence` returned them.
+
+        Raises:
+            AssertionError: showing who is there, if it differs.
+        """
+        entries = await self._hub.presence(topic)
+        present = sorted(_identities(entries), key=_identity_key)
+        expected = sorted(identities, key=_identity_key)
+        if present != expected:
+            raise AssertionError(
+                f"expected on {topic!r}: {expected!r}\n  present: {present!r} ({entries!r})"
+            )
+        return entries
 
     def __repr__(self) -> str:
         return f"<TestHub {self._hub!r}>"

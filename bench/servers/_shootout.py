@@ -64,7 +64,7 @@ def handle_text(text: str | bytes, listener_count: int) -> Reply:
 
 
 def parse_args(description: str) -> argparse.Namespace:
-    """Parse the ``--host``/``--port`` options that every peer server shares.
+    """Parse the ``--host``/``--port``/``--compression`` options the peer servers share.
 
     Args:
         description: One line for ``--help``.
@@ -75,6 +75,13 @@ def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--compression",
+        choices=["off", "deflate"],
+        default="off",
+        help="permessage-deflate, where the server supports it (the load generator's "
+        "--compression fails a run that does not get it)",
+    )
     return parser.parse_args()
 
 

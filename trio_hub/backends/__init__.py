@@ -5,6 +5,8 @@ nothing at all). :mod:`trio_hub.backends.redis` shares them over Redis pub/sub,
 so that several hub processes behind a load balancer act as one.
 """
 
+from .._presence import PresenceSink as PresenceSink
+from .._presence import PresenceStore as PresenceStore
 from ._base import Backend as Backend
 from ._base import BackendSink as BackendSink
 from ._base import BackendStatistics as BackendStatistics
@@ -17,4 +19,6 @@ __all__ = [
     "BackendStatistics",
     "BackendUnavailableError",
     "MemoryBackend",
+    "PresenceSink",
+    "PresenceStore",
 ]
