@@ -396,6 +396,11 @@ class Client(metaclass=NoPublicConstructor):
                     await self._read_loop()
                 except TransportClosed as exc:
                     self._left(exc)
+                finally:
+                    # The nursery takes no new task once its body is done,
+                    # while it waits for the writer: a broadcast meanwhile
+                    # queues (the rest is discarded and counted on the way out).
+                    self._nursery = None
         except Exception:
             self._hub._errors += 1
             logger.exception("client #%d failed; closing it with 1011", self._id)

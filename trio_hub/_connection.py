@@ -206,7 +206,7 @@ class ServerConnection:
             if self._protocol.state is not State.OPEN:
                 # Our failure (1002, 1007, 1009) or the peer's close frame;
                 # the answers are queued in the engine.
-                await self._send_engine_output()
+                await self._answer()
                 raise self._closed_error()
             # os.read() and wait_readable() rather than the socket's recv():
             # the same system calls, two coroutine frames fewer for each
@@ -234,7 +234,7 @@ class ServerConnection:
             # was read is in the engine already, so a cancellation loses nothing.
             await trio.lowlevel.cancel_shielded_checkpoint()
             # Pongs go out now, behind the frames already taken.
-            await self._send_engine_output()
+            await self._answer()
 
     def _feed(self, data: bytes) -> None:
         protocol = self._protocol
@@ -308,6 +308,14 @@ class ServerConnection:
         if close is None or close.code == CloseCode.ABNORMAL:
             return TransportClosed(None, "connection closed without a close frame")
         return TransportClosed(close.code, close.reason)
+
+    async def _answer(self) -> None:
+        # The reader's writes (pongs, close answers, the half-close) meet a
+        # peer that may be gone: that ends the connection, as a read would.
+        try:
+            await self._send_engine_output()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise TransportClosed(None, f"connection lost: {exc}") from None
 
     async def _send_engine_output(self) -> None:
         # What the engine queued stays queued here until written: if the
