@@ -72,9 +72,13 @@ async def _sample(hub: Any) -> None:
         )
 
 
-def _summary() -> dict[str, Any]:
+def _summary(hub: Any) -> dict[str, Any]:
     busy = [s for s in samples if s["clients"] > 100 and sum(s["queued"]) > 0]
     out: dict[str, Any] = {"samples": len(samples), "busy_samples": len(busy)}
+    # The hub's own figures (issue 14; absent from a hub before it).
+    stats = hub.statistics()
+    for name in ("peak_queued_bytes", "intake_pauses"):
+        out[name] = getattr(stats, name, None)
     if busy:
         n = min(s["clients"] for s in busy)
         deciles = 10
@@ -139,7 +143,7 @@ async def _probed_open_hub(**kwargs: Any) -> AsyncIterator[Any]:
             target = os.environ.get("TRIO_HUB_PROBE_OUT")
             if target:
                 # Once, at exit, after the clients are gone: blocking is harmless here.
-                Path(target).write_text(json.dumps(_summary(), indent=2) + "\n")  # noqa: ASYNC240
+                Path(target).write_text(json.dumps(_summary(hub), indent=2) + "\n")  # noqa: ASYNC240
 
 
 cli.open_hub = _probed_open_hub  # type: ignore[assignment]

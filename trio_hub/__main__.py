@@ -121,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
         help="messages that may wait for one client before the slow-client policy applies",
     )
     clients.add_argument(
+        "--intake-limit",
+        type=_non_negative_int,
+        default=16384,
+        help=(
+            "overload: the hub-wide backlog (queued messages, at most 4 counted per client) "
+            "above which clients' inbound messages wait until it is down to half; 0: never"
+        ),
+    )
+    clients.add_argument(
         "--slow-client-policy",
         choices=[policy.value for policy in SlowClientPolicy],
         default=SlowClientPolicy.EVICT.value,
@@ -626,6 +635,7 @@ async def _serve(options: argparse.Namespace) -> int:
                 write_timeout=options.write_timeout,
                 drain_timeout=options.drain_timeout,
                 on_message=protocol_handler,
+                intake_limit=options.intake_limit or None,
                 backend=backend,
                 history_size=options.history_size or None,
                 history_ttl=options.history_ttl if options.history_size else None,

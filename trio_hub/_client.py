@@ -308,8 +308,10 @@ class Client(metaclass=NoPublicConstructor):
         if self._queue is None:
             self._queue = deque()
         self._queue.append(message)
-        self._backlog += 1
+        backlog = self._backlog
+        self._backlog = backlog + 1
         self._backlog_bytes += size
+        self._hub._gate.moved(backlog, backlog + 1, size)
         if not self._writing and self._nursery is not None:
             self._writing = True
             self._nursery.start_soon(self._guard, self._write_loop)
@@ -328,8 +330,10 @@ class Client(metaclass=NoPublicConstructor):
             # Only messages that no write has taken yet can be dropped.
             while queue and self._is_full(size):
                 oldest = queue.popleft()
+                oldest_size = len(oldest.encode())
                 self._backlog -= 1
-                self._backlog_bytes -= len(oldest.encode())
+                self._backlog_bytes -= oldest_size
+                self._hub._gate.moved(self._backlog + 1, self._backlog, -oldest_size)
                 self._count_drop()
             if not self._is_full(size):
                 self._enqueue(message, size)
@@ -412,6 +416,7 @@ class Client(metaclass=NoPublicConstructor):
         if self._backlog:
             self._discarded += self._backlog
             self._hub._discarded += self._backlog
+            self._hub._gate.moved(self._backlog, 0, -self._backlog_bytes)
             self._backlog = 0
             self._backlog_bytes = 0
         self._queue = None
@@ -467,8 +472,14 @@ class Client(metaclass=NoPublicConstructor):
             handler = self._on_message
             if handler is None:
                 continue
+            gate = self._hub._gate
             try:
                 with trio.CancelScope() as self._handler_scope:
+                    if gate.closed:
+                        # Overload (see _pacing): this message waits, and the
+                        # connection is not read meanwhile, so TCP slows the
+                        # peer down. Shutdown cancels the wait with the handler.
+                        await gate.wait_open()
                     await handler(self, message)
             except Exception:
                 self._hub._errors += 1
@@ -518,8 +529,10 @@ class Client(metaclass=NoPublicConstructor):
                     self._evict(f"a write took longer than write_timeout={write_timeout}s")
                     return
                 written = len(batch)
-                self._backlog -= written
+                backlog = self._backlog
+                self._backlog = backlog - written
                 self._backlog_bytes -= batch_bytes
+                hub._gate.moved(backlog, backlog - written, -batch_bytes)
                 self._delivered += written
                 hub._deliveries += written
                 # Let the rest of the program run between batches.

@@ -31,6 +31,7 @@ class HubConfig:
     drain_timeout: float
     close_timeout: float
     on_message: MessageHandler | None
+    intake_limit: int | None = None
     # None: no topic has history.
     history: HistoryPolicyFunction | None = None
     max_history_topics: int = 10_000
@@ -44,6 +45,10 @@ class HubConfig:
             raise ValueError(
                 f"max_queue_bytes must be None or an int >= 1, got {self.max_queue_bytes!r}"
             )
+        if self.intake_limit is not None and (
+            not isinstance(self.intake_limit, int) or self.intake_limit < 1
+        ):
+            raise ValueError(f"intake_limit must be None or an int >= 1, got {self.intake_limit!r}")
         if not isinstance(self.on_slow_client, SlowClientPolicy):
             raise TypeError(
                 f"on_slow_client must be a SlowClientPolicy, got {self.on_slow_client!r}"

@@ -27,6 +27,7 @@ from ._history import (
     StreamPosition,
 )
 from ._message import JSONValue, Message
+from ._pacing import IntakeGate
 from ._policy import SlowClientPolicy
 from ._presence import PresenceEvents, PresenceInfo, _PresenceTracker, check_info
 from ._statistics import HubStatistics
@@ -81,6 +82,8 @@ class Hub(metaclass=NoPublicConstructor):
         "_drops",
         "_errors",
         "_evictions",
+        "_fan_outs",
+        "_gate",
         "_history",
         "_keepalive_scope",
         "_keepalive_timeouts",
@@ -126,6 +129,10 @@ class Hub(metaclass=NoPublicConstructor):
         # dicts, not sets: iteration follows registration order, which keeps
         # runs reproducible.
         self._clients: dict[Client, None] = {}
+        # Overload: the hub-wide backlog, and the gate it closes (see _pacing).
+        self._gate = IntakeGate(config.intake_limit)
+        # Where the next fan-out starts (see _fan_out).
+        self._fan_outs = 0
         self._topics: dict[str, dict[Client, None]] = {}
         # Clients whose tasks are still running, registered or closing.
         self._live: set[Client] = set()
@@ -644,9 +651,49 @@ class Hub(metaclass=NoPublicConstructor):
             raise TypeError(f"expected a trio_hub.Message, got {type(message).__name__}")
         # A snapshot: an eviction during the loop unregisters its client.
         targets = list(clients)
+        count = len(targets)
+        if count > 1:
+            # Each fan-out starts at another client. The order of the offers
+            # is the order in which writes go out (and writer tasks start)
+            # under load: always starting with the first registered would put
+            # the same clients at the back of every round. Each client still
+            # gets each message in the order of the calls.
+            start = self._fan_outs % count
+            self._fan_outs += 1
+            if start:
+                targets = targets[start:] + targets[:start]
         for client in targets:
             client._offer(message)
-        return len(targets)
+        return count
+
+    # -------------------------------------------------------------- overload
+
+    @property
+    def intake_paused(self) -> bool:
+        """Whether the hub's backlog is over ``intake_limit`` now (see :ref:`overload`).
+
+        While it is, served clients' inbound messages wait before they are
+        handled, and :meth:`wait_intake_open` waits.
+
+        .. versionadded:: 0.2
+        """
+        return self._gate.closed
+
+    async def wait_intake_open(self) -> None:
+        """Wait until the hub's backlog is low enough to take more messages.
+
+        Call it before :meth:`broadcast` or :meth:`publish` in a loop that
+        publishes as fast as it can: the loop then runs at the pace the
+        clients' sockets take, as the hub's own publishing clients do, instead
+        of filling every queue. It returns at once (after a checkpoint) while
+        the backlog is under ``intake_limit``; once the backlog went over, it
+        returns when the backlog is down to half the limit, or when the hub
+        starts closing. With ``intake_limit=None`` it never waits. See
+        :ref:`overload`.
+
+        .. versionadded:: 0.2
+        """
+        await self._gate.wait_open()
 
     # ------------------------------------------------------------ statistics
 
@@ -669,6 +716,9 @@ class Hub(metaclass=NoPublicConstructor):
             deliveries=self._deliveries,
             queued=queued,
             queued_bytes=queued_bytes,
+            peak_queued_bytes=self._gate._peak_queued_bytes,
+            intake_paused=self._gate.closed,
+            intake_pauses=self._gate._pauses,
             drops=self._drops,
             evictions=self._evictions,
             keepalive_timeouts=self._keepalive_timeouts,
@@ -721,6 +771,8 @@ class Hub(metaclass=NoPublicConstructor):
             self._all_finished.set()
         # No more pings: the clients are leaving.
         self._keepalive_scope.cancel()
+        # Nothing more is taken in: nobody may wait for the backlog any more.
+        self._gate.disable()
         # Shielded: a caller's cancellation must not leave the hub half closed.
         # Every step is bounded by drain_timeout or close_timeout.
         with trio.CancelScope(shield=True):
@@ -791,6 +843,7 @@ async def open_hub(
     drain_timeout: float = 5.0,
     close_timeout: float = 5.0,
     on_message: MessageHandler | None = None,
+    intake_limit: int | None = 16384,
     backend: Backend | None = None,
     history_size: int | None = None,
     history_ttl: float | None = None,
@@ -821,6 +874,14 @@ async def open_hub(
         on_message: Default handler for inbound messages: an async callable
             taking ``(client, message)``. Invalid envelopes never reach it; the
             hub answers them with an ``error`` message.
+        intake_limit: Overload: the hub-wide backlog (messages accepted for
+            clients and not yet written, each client counted for at most 4)
+            above which intake pauses: clients' inbound messages wait before
+            they are handled, and :meth:`Hub.wait_intake_open` waits, until the
+            backlog is down to half of it. ``None`` never pauses. See
+            :ref:`overload`.
+
+            .. versionadded:: 0.2
         backend: Where broadcasts and publications are shared with other hub
             processes; by default a :class:`~trio_hub.backends.MemoryBackend`
             (this process only). See :mod:`trio_hub.backends`.
@@ -862,6 +923,7 @@ async def open_hub(
         drain_timeout=drain_timeout,
         close_timeout=close_timeout,
         on_message=on_message,
+        intake_limit=intake_limit,
         history=_history_policy(history_size, history_ttl, history),
         max_history_topics=max_history_topics,
     )

@@ -30,6 +30,10 @@ class HubStatistics:
         deliveries: Messages written to a client's transport.
         queued: Messages accepted for a client and not yet written, now.
         queued_bytes: The encoded size of those messages, now.
+        peak_queued_bytes: The most that ``queued_bytes`` has been.
+        intake_paused: Whether intake is paused now: the backlog is over
+            ``intake_limit`` (see :ref:`overload`).
+        intake_pauses: How many times intake has paused.
         drops: Messages a drop policy discarded because a queue was full.
         evictions: Clients closed for being slow (full queue or write timeout).
         keepalive_timeouts: Clients closed for not answering a ping.
@@ -79,6 +83,9 @@ class HubStatistics:
     deliveries: int
     queued: int
     queued_bytes: int
+    peak_queued_bytes: int
+    intake_paused: bool
+    intake_pauses: int
     drops: int
     evictions: int
     keepalive_timeouts: int

@@ -85,6 +85,7 @@ class HubSettings(TypedDict, total=False):
     drain_timeout: float
     close_timeout: float
     on_message: MessageHandler | None
+    intake_limit: int | None
     backend: Backend | None
     history_size: int | None
     history_ttl: float | None
