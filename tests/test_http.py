@@ -438,6 +438,9 @@ async def test_metrics_are_prometheus_text_read_at_scrape_time() -> None:
                 "trio_hub_evictions",
                 "trio_hub_queued_bytes",
                 "trio_hub_queued_messages",
+                "trio_hub_unsent_bytes",
+                "trio_hub_intake_paused",
+                "trio_hub_intake_pauses",
                 "trio_hub_keepalive_timeouts",
             ):
                 assert value(metrics[name]) == 0, name

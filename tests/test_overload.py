@@ -8,8 +8,10 @@ depends on timing: time-based ones run on the ``autojump_clock``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import pytest
 import trio
@@ -26,9 +28,12 @@ from trio_hub import (
     SlowClientPolicy,
     TransportClosed,
     open_hub,
+    serve_hub,
 )
 from trio_hub._pacing import CONTRIBUTION_CAP
 from trio_hub.testing import MemoryClient, TestHub, open_test_hub
+
+from .rawws import OP_TEXT, RawWebSocket
 
 
 def publisher_handler(handled: list[object]) -> MessageHandler:
@@ -232,6 +237,69 @@ async def test_without_a_limit_intake_never_pauses(
                 await hub.wait_intake_open()
         assert not paused(hub)
         assert hub.statistics().peak_queued_bytes == hub.statistics().queued_bytes > 0
+
+
+async def test_served_clients_behind_on_their_sockets_pause_intake() -> None:
+    # Real sockets (serve_hub): a served client's backlog starts in its
+    # stream, as the bytes its socket refused; those count in the gate too,
+    # and in unsent_bytes / peak_queued_bytes.
+    handled: list[object] = []
+    with trio.fail_after(30):
+        async with (
+            open_hub(
+                intake_limit=2,
+                ping_interval=None,
+                write_timeout=60,
+                on_message=publisher_handler(handled),
+            ) as hub,
+            trio.open_nursery() as nursery,
+        ):
+            server = await nursery.start(partial(serve_hub, hub, "127.0.0.1", 0))
+            stalled = [await RawWebSocket.connect(server.port) for _ in range(2)]
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(hub) == 2
+            big = Message("big", "x" * 65536)
+            sent = 0
+            # Bounded: loopback buffers hold a few MiB per connection.
+            while not paused(hub) and sent < 2000:
+                hub.broadcast(big)
+                sent += 1
+                await trio.testing.wait_all_tasks_blocked()
+            assert paused(hub)
+            stats = hub.statistics()
+            assert stats.unsent_bytes > 0
+            assert stats.peak_queued_bytes >= stats.queued_bytes + stats.unsent_bytes
+            publisher = await RawWebSocket.connect(server.port)
+            await publisher.send_frame(
+                OP_TEXT, json.dumps({"type": "broadcast", "payload": "held"}).encode()
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            assert handled == []  # the publisher's message waits for the gate
+
+            async def read_all(raw: RawWebSocket, received: list[object]) -> None:
+                while len(received) < sent + 1:
+                    opcode, payload = await raw.receive_frame()
+                    assert opcode == OP_TEXT
+                    received.append(json.loads(payload)["payload"])
+
+            received: list[list[object]] = [[], []]
+            async with trio.open_nursery() as readers:
+                for raw, into in zip(stalled, received, strict=True):
+                    readers.start_soon(read_all, raw, into)
+            # Once they read, the backlog drains, intake resumes, and the held
+            # message reaches everyone after everything before it.
+            assert handled == ["held"]
+            for into in received:
+                assert into == ["x" * 65536] * sent + ["held"]
+            _, payload = await publisher.receive_frame()
+            assert json.loads(payload)["payload"] == "held"
+            stats = hub.statistics()
+            assert not stats.intake_paused
+            assert stats.intake_pauses == 1
+            assert stats.unsent_bytes == 0
+            for raw in [*stalled, publisher]:
+                await raw.aclose()
+            await server.aclose()
 
 
 async def test_bad_intake_limit_is_refused() -> None:

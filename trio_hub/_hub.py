@@ -716,6 +716,7 @@ class Hub(metaclass=NoPublicConstructor):
             deliveries=self._deliveries,
             queued=queued,
             queued_bytes=queued_bytes,
+            unsent_bytes=self._gate._unsent_bytes,
             peak_queued_bytes=self._gate._peak_queued_bytes,
             intake_paused=self._gate.closed,
             intake_pauses=self._gate._pauses,

@@ -77,6 +77,15 @@ class HubCollector(Collector):
         yield _gauge(
             "queued_bytes", "Encoded size of the queued messages, now.", stats.queued_bytes
         )
+        yield _gauge(
+            "unsent_bytes",
+            "Bytes the served connections took and their sockets did not, now.",
+            stats.unsent_bytes,
+        )
+        yield _gauge(
+            "intake_paused", "1 while intake is paused (overload).", float(stats.intake_paused)
+        )
+        yield _counter("intake_pauses", "Times intake paused (overload).", stats.intake_pauses)
 
         backend = stats.backend
         state = GaugeMetricFamily(

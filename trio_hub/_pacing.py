@@ -12,10 +12,14 @@ below half the limit (the gap keeps it from flapping on every write).
 Application publishers wait on the same gate with :meth:`Hub.wait_intake_open`.
 
 What counts: each client's queued deliveries, but at most
-``CONTRIBUTION_CAP`` of them per client. So the gate closes only when many
-clients fall behind together (the hub as a whole is overloaded), never for one
-client that is slow on its own: that client fills its own queue and meets the
-slow-client policy, as before.
+``CONTRIBUTION_CAP`` of them per client, plus one for each served connection
+whose socket refused part of what its stream took (the unsent remainder that
+:class:`~trio_hub._stream.HubStream` holds until its flush is written: on a
+served connection, the first sign that a client fell behind). So the gate
+closes only when many clients fall behind together (the hub as a whole is
+overloaded), never for one client that is slow on its own: that client fills
+its own queue and meets the slow-client policy, as before. The bytes count in
+full, in ``peak_queued_bytes``: the memory the hub holds for writing.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class IntakeGate:
         "_peak_queued_bytes",
         "_queued_bytes",
         "_resume_at",
+        "_unsent_bytes",
     )
 
     def __init__(self, limit: int | None) -> None:
@@ -62,6 +67,8 @@ class IntakeGate:
         # Every queued byte, whatever the cap: the memory the queues hold.
         self._queued_bytes = 0
         self._peak_queued_bytes = 0
+        # Of those, what the served connections' streams hold unsent.
+        self._unsent_bytes = 0
         self._closed = False
         # Set while the gate is open; replaced each time it closes.
         self._open = trio.Event()
@@ -98,6 +105,11 @@ class IntakeGate:
                 self._open = trio.Event()
         elif self._closed and count <= self._resume_at:
             self.reopen()
+
+    def stream_moved(self, old: int, new: int) -> None:
+        """A stream's unsent bytes went from ``old`` to ``new``; it counts once while any."""
+        self._unsent_bytes += new - old
+        self.moved(1 if old else 0, 1 if new else 0, new - old)
 
     def reopen(self) -> None:
         """Open the gate now (the backlog went down, or the hub is closing)."""

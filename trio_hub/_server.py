@@ -545,7 +545,9 @@ async def _upgrade(
     # What a write from broadcast() leaves over is flushed by a short-lived
     # task in the server's nursery: an idle connection runs none, and holds no
     # nursery of its own.
-    writer = HubStream(stream, nursery=policy.flush_nursery, coalescer=policy.coalescer)
+    writer = HubStream(
+        stream, nursery=policy.flush_nursery, coalescer=policy.coalescer, gate=policy.hub._gate
+    )
     connection = ServerConnection(
         stream,
         writer,

@@ -30,7 +30,12 @@ class HubStatistics:
         deliveries: Messages written to a client's transport.
         queued: Messages accepted for a client and not yet written, now.
         queued_bytes: The encoded size of those messages, now.
-        peak_queued_bytes: The most that ``queued_bytes`` has been.
+        unsent_bytes: Bytes that the served connections' streams took from a
+            broadcast and their sockets have not taken yet, now (at most one
+            flush of 64 KiB plus one frame per connection; see
+            :ref:`memory-bound`). Not part of ``queued_bytes``.
+        peak_queued_bytes: The most that ``queued_bytes + unsent_bytes`` has
+            been: the most memory the hub has held for writing at once.
         intake_paused: Whether intake is paused now: the backlog is over
             ``intake_limit`` (see :ref:`overload`).
         intake_pauses: How many times intake has paused.
@@ -70,8 +75,8 @@ class HubStatistics:
             negotiated it).
 
     .. versionchanged:: 0.2
-       The ``history_*``, ``recover*``, ``presence_*`` and ``compression``
-       fields.
+       The ``history_*``, ``recover*``, ``presence_*``, ``compression``,
+       ``intake_*``, ``unsent_bytes`` and ``peak_queued_bytes`` fields.
     """
 
     clients: int
@@ -83,6 +88,7 @@ class HubStatistics:
     deliveries: int
     queued: int
     queued_bytes: int
+    unsent_bytes: int
     peak_queued_bytes: int
     intake_paused: bool
     intake_pauses: int

@@ -20,6 +20,7 @@ from typing import Final, final
 import trio
 
 from ._message import Message
+from ._pacing import IntakeGate
 
 __all__ = ["HubStream", "WriteCoalescer", "text_frame"]
 
@@ -97,6 +98,10 @@ class HubStream:
         coalescer: If given, frames from :meth:`write_nowait` are joined per
             scheduler batch by this :class:`WriteCoalescer`; otherwise each is
             written at once.
+        gate: If given, the hub's :class:`~trio_hub._pacing.IntakeGate`: the
+            bytes that :meth:`write_nowait` took and the socket did not (the
+            served connection's share of the hub-wide backlog) count there,
+            until they are written.
     """
 
     __slots__ = (
@@ -108,6 +113,8 @@ class HubStream:
         "_coalescer",
         "_eof_sent",
         "_fd",
+        "_gate",
+        "_held",
         "_inner",
         "_lock",
         "_nursery",
@@ -119,8 +126,12 @@ class HubStream:
         inner: trio.SocketStream,
         nursery: trio.Nursery | None = None,
         coalescer: WriteCoalescer | None = None,
+        gate: IntakeGate | None = None,
     ) -> None:
         self._inner = inner
+        self._gate = gate
+        # The unsent bytes counted in the gate now (see _account()).
+        self._held = 0
         self._nursery = nursery
         self._coalescer = coalescer
         # Frames taken by write_nowait() that wait for the coalescer; they go
@@ -189,6 +200,7 @@ class HubStream:
         if self._pending or self._lock is not None:
             # Not expected (a writer takes the batch first), but keep the order.
             self._pending += data
+            self._account(len(self._pending))
             self._start_flush()
             return
         self._write_now(data, taken_if_blocked=True)
@@ -208,8 +220,19 @@ class HubStream:
             return taken_if_blocked
         if written < len(data):
             self._pending = data[written:]
+            self._account(len(self._pending))
             self._start_flush()
         return True
+
+    def _account(self, held: int) -> None:
+        # The gate counts what was taken and not written, from the moment the
+        # socket refused it until the write that takes it ends (a flush
+        # blocked in send() still holds it).
+        gate = self._gate
+        old = self._held
+        if gate is not None and held != old:
+            self._held = held
+            gate.stream_moved(old, held)
 
     def _start_flush(self) -> None:
         if self._nursery is not None:
@@ -318,6 +341,7 @@ class HubStream:
             raise
         finally:
             view.release()
+            self._account(len(self._pending))
 
     async def _flush_pending(self) -> None:
         # Shielded, like the client it writes for (it may run in a nursery
@@ -336,12 +360,19 @@ class HubStream:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the reader sees the connection end, and the client leaves
 
+    def _drop_unsent(self) -> None:
+        self._closed = True
+        self._pending = b""
+        self._batch.clear()
+        self._batch_bytes = 0
+        self._account(0)
+
     async def abort(self) -> None:
         """Close the socket at once, without any further bytes."""
-        self._closed = True
+        self._drop_unsent()
         await trio.aclose_forcefully(self._inner)
 
     async def aclose(self) -> None:
         """Close the socket; what was not written by now is lost."""
-        self._closed = True
+        self._drop_unsent()
         await self._inner.aclose()
