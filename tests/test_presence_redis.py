@@ -627,7 +627,7 @@ def test_presence_across_three_processes_follows_the_model(
 def test_entries_read_from_redis_are_parsed_exactly_or_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from trio_hub.backends.redis import _parse_entry
+    from trio_hub.backends._redis_presence import _parse_entry
 
     exact = b'{"id":"a.1","identity":null,"info":{"big":123456789012345678901234567890}}'
     entry = _parse_entry(exact)

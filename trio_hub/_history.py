@@ -9,8 +9,8 @@ missed, or is told that it cannot (``recovered=False``), never a part of it.
 This module holds what every history shares (the positions, the results, the
 stamping of offsets into messages) and the history of one process
 (:class:`_MemoryHistory`). The Redis history lives in
-:mod:`trio_hub.backends.redis`; the hub talks to either through the small
-interfaces at the end of this module.
+:mod:`trio_hub.backends.redis`, its scripts in ``backends/_redis_history.py``;
+the hub talks to either through the small interfaces at the end of this module.
 """
 
 from __future__ import annotations

@@ -65,33 +65,19 @@ a node that cannot keep up is disconnected by Redis, which is an outage as above
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import math
-import re
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, cast, final
+from typing import Any, Final, final
 from urllib.parse import urlsplit
 
-import orjson
 import trio
 
-from .. import _codec
-from .._errors import MessageDecodeError
-from .._history import (
-    HistoryPolicy,
-    HistorySink,
-    HistoryUnavailableError,
-    StreamPosition,
-    new_epoch,
-)
-from .._presence import PresenceInfo, PresenceSink, PresenceStore, event_message
+from .._history import HistoryPolicy, HistorySink, HistoryUnavailableError, StreamPosition
+from .._presence import PresenceSink, PresenceStore
 from ._base import BackendSink, BackendStatistics, BackendUnavailableError
-
-if TYPE_CHECKING:
-    from .._message import JSONValue
 
 try:
     import anyio
@@ -105,6 +91,18 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "trio_hub.backends.redis needs coredis: pip install 'trio_hub[redis]'"
     ) from exc
+
+# After the check above: these need coredis too.
+from ._redis_history import (
+    _Numbered,
+    _Reply,
+    append_command,
+    appended_position,
+    load_scripts,
+    read_history,
+    reset_epoch,
+)
+from ._redis_presence import _Commands, _RedisPresence
 
 __all__ = ["RedisBackend"]
 
@@ -137,119 +135,6 @@ _NOT_SUBSCRIBED: Final = object()
 # Numbered publications (topics with history) have their own version byte, and
 # the node id is followed by "<offset> <epoch> " and the message.
 _NUMBERED_VERSION: Final = b"\x02"
-
-# Every Redis key of a topic's history lives this long after its last
-# publication (at least), so that idle topics cost Redis nothing forever.
-_META_TTL: Final = 86_400  # seconds
-
-# Number, keep and publish one message, atomically: so every node sees one
-# order per topic. KEYS: meta hash, stream. ARGV: channel, header, message,
-# size, epoch for a new history, stream TTL (ms), meta TTL (s).
-_APPEND_SCRIPT: Final = b"""
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('HSET', KEYS[1], 'e', epoch)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 't', ms, 'd', ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('PUBLISH', ARGV[1], ARGV[2] .. offset .. ' ' .. epoch .. ' ' .. ARGV[3])
-return {offset, epoch}
-"""
-
-# Read a topic's position and the publications after a position, only if the
-# stream still holds all of them (none trimmed, none older than the TTL).
-# KEYS: meta, stream. ARGV: since (-1: none), its epoch, limit (-1: none),
-# epoch for a new history, TTL (ms, 0: none), meta TTL (s).
-# Returns {top, epoch, recovered (0/1), offset, message, offset, message...}.
-_READ_SCRIPT: Final = b"""
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[4]
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('EXPIRE', KEYS[1], ARGV[6])
-end
-local top = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-local since = tonumber(ARGV[1])
-local limit = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[5])
-local oldest = -1
-if ttl > 0 then
-  local now = redis.call('TIME')
-  oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
-end
-local result = {top, epoch, 1}
-if since >= 0 then
-  if ARGV[2] ~= epoch or since > top then return {top, epoch, 0} end
-  if since == top then return result end
-end
-if limit == 0 then return result end
-local start = '-'
-if since >= 0 then start = (since + 1) .. '-0' end
-local entries
-if limit > 0 then
-  entries = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', limit)
-else
-  entries = redis.call('XRANGE', KEYS[2], start, '+')
-end
-local first = true
-for _, entry in ipairs(entries) do
-  local offset = tonumber(string.match(entry[1], '^(%d+)'))
-  local fields = entry[2]
-  if tonumber(fields[2]) > oldest then
-    if first and since >= 0 and offset ~= since + 1 then return {top, epoch, 0} end
-    first = false
-    table.insert(result, offset)
-    table.insert(result, fields[4])
-  elseif since >= 0 then
-    return {top, epoch, 0}
-  end
-end
-if first and since >= 0 then return {top, epoch, 0} end
-return result
-"""
-
-# A node that delivered publications unnumbered (Redis was out of reach) gives
-# the topic a new epoch once Redis is back: no position from before may then
-# pass for complete. KEYS: meta. ARGV: the new epoch.
-_RESET_SCRIPT: Final = b"""
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'e', ARGV[1]) end
-return 1
-"""
-
-_SCRIPTS: Final = (_APPEND_SCRIPT, _READ_SCRIPT, _RESET_SCRIPT)
-_APPEND_SHA, _READ_SHA, _RESET_SHA = (
-    hashlib.sha1(script).hexdigest().encode() for script in _SCRIPTS
-)
-
-# An outbox entry: (channel, data) for a plain publication, or
-# (channel, data, numbered) for one on a topic with history.
-_Reply = Callable[[StreamPosition | BaseException], None]
-
-
-@final
-class _Numbered:
-    """What an outbox entry for a topic with history carries besides its bytes."""
-
-    __slots__ = ("policy", "reply", "topic")
-
-    def __init__(self, topic: str, policy: HistoryPolicy, reply: _Reply | None) -> None:
-        self.topic = topic
-        self.policy = policy
-        self.reply = reply
-
-    def resolve(self, result: StreamPosition | BaseException) -> None:
-        # At most once: whoever waits is told exactly one outcome.
-        reply, self.reply = self.reply, None
-        if reply is not None:
-            reply(result)
-
-    def fail(self, why: str) -> None:
-        self.resolve(HistoryUnavailableError(why))
 
 
 @final
@@ -369,6 +254,9 @@ class RedisBackend:
         self._keepalive_interval = float(keepalive_interval)
         self._max_reconnect_delay = float(max_reconnect_delay)
         self._header = _FORMAT_VERSION + uuid.uuid4().bytes
+        # An outbox entry: (channel, data, None) for a plain publication,
+        # (channel, data, numbered) for one on a topic with history, or
+        # presence commands.
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[
             tuple[bytes, bytes, _Numbered | None] | _Commands
         ](outbox_size)
@@ -439,10 +327,6 @@ class RedisBackend:
 
     # ------------------------------------------------------------ history
 
-    def _keys(self, topic: str) -> tuple[bytes, bytes]:
-        base = f"{self._prefix}:history:{topic}"
-        return f"{base}:meta".encode(), f"{base}:stream".encode()
-
     def append(self, topic: str, policy: HistoryPolicy, data: bytes, reply: _Reply | None) -> bool:
         """Number, keep and publish a message on a topic with history, via Redis.
 
@@ -480,38 +364,13 @@ class RedisBackend:
         reader = self._reader
         if reader is None or not self._connected:
             raise HistoryUnavailableError(f"Redis at {self._location} is unavailable")
-        meta, stream = self._keys(topic)
-        ttl_ms = 0 if policy.ttl is None else max(1, round(policy.ttl * 1000))
         try:
             with trio.fail_after(self._io_timeout):
-                reply = await reader.create_request(
-                    b"EVALSHA",
-                    _READ_SHA,
-                    2,
-                    meta,
-                    stream,
-                    -1 if since is None else since.offset,
-                    "" if since is None else since.epoch,
-                    -1 if limit is None else limit,
-                    new_epoch(),
-                    ttl_ms,
-                    _meta_ttl(policy),
-                )
+                return await read_history(reader, self._prefix, topic, policy, since, limit)
         except _FAILURES as exc:
             raise HistoryUnavailableError(
                 f"Redis at {self._location} did not answer a history request: {exc!r}"
             ) from exc
-        assert isinstance(reply, list)
-        top, epoch, recovered, *flat = reply
-        assert isinstance(top, int)
-        assert isinstance(epoch, bytes)
-        entries: list[tuple[int, bytes]] = []
-        for index in range(0, len(flat), 2):
-            offset, data = flat[index], flat[index + 1]
-            assert isinstance(offset, int)
-            assert isinstance(data, bytes)
-            entries.append((offset, data))
-        return StreamPosition(top, epoch.decode()), entries, recovered == 1
 
     async def wait_subscribed(self, topic: str) -> None:
         """Return once Redis has confirmed this node's subscription to ``topic``.
@@ -677,13 +536,11 @@ class RedisBackend:
         subscriber = await self._open_connection(session)
         publisher = await self._open_connection(session)
         reader = await self._open_connection(session)
-        for script in _SCRIPTS:
-            await publisher.create_request(b"SCRIPT", b"LOAD", script)
+        await load_scripts(publisher)
         # Before any new publication: positions from before an unnumbered
         # delivery must not pass for complete.
         for topic in sorted(self._dirty):
-            meta, _ = self._keys(topic)
-            await publisher.create_request(b"EVALSHA", _RESET_SHA, 1, meta, new_epoch())
+            await reset_epoch(publisher, self._prefix, topic)
         self._dirty.clear()
         self._reader = reader
         self._publisher = publisher
@@ -809,7 +666,9 @@ class RedisBackend:
                 commands.append(
                     CommandRequest(b"PUBLISH", channel, data, execution_parameters={})
                     if numbered is None
-                    else self._append_command(channel, data, numbered)
+                    else append_command(
+                        self._prefix, channel, _NUMBERED_VERSION + self._header[1:], data, numbered
+                    )
                 )
                 numbered_of.append(numbered)
                 publications += 1
@@ -830,36 +689,10 @@ class RedisBackend:
             self._published += publications
             for numbered, reply in zip(numbered_of, replies, strict=True):
                 if numbered is not None and numbered.reply is not None:
-                    assert isinstance(reply, list)
-                    offset, epoch = reply
-                    assert isinstance(offset, int)
-                    assert isinstance(epoch, bytes)
-                    numbered.resolve(StreamPosition(offset, epoch.decode()))
+                    numbered.resolve(appended_position(reply))
                     self._awaiting.discard(numbered)
             for done in flushed:
                 done.set()
-
-    def _append_command(
-        self, channel: bytes, data: bytes, numbered: _Numbered
-    ) -> CommandRequest[Any]:
-        meta, stream = self._keys(numbered.topic)
-        policy = numbered.policy
-        ttl_ms = round((policy.ttl if policy.ttl is not None else _META_TTL) * 1000)
-        return CommandRequest(
-            b"EVALSHA",
-            _APPEND_SHA,
-            2,
-            meta,
-            stream,
-            channel,
-            _NUMBERED_VERSION + self._header[1:],
-            data,
-            policy.size,
-            new_epoch(),
-            max(ttl_ms, 1),
-            _meta_ttl(policy),
-            execution_parameters={},
-        )
 
     def _fail_batch(self, numbered_of: list[_Numbered | None], publications: int) -> None:
         # Sent, but whether Redis ran them is unknown: not delivered here (they
@@ -976,424 +809,8 @@ class RedisBackend:
             self._confirmed.discard(channel)
 
 
-def _meta_ttl(policy: HistoryPolicy) -> int:
-    # The meta (offset and epoch) outlives the stream, so that offsets never
-    # go back while entries remain.
-    return max(_META_TTL, math.ceil(policy.ttl or 0) + 1)
-
-
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
-
-
-# ------------------------------------------------------------------ presence
-#
-# The layout in Redis, after centrifuge's presence manager, with a node-level
-# heartbeat instead of one expiry per entry (a node refreshes one key, not
-# every entry, however many clients it has):
-#
-#   <prefix>:presence:<topic>           hash: client id -> entry (JSON); each
-#                                       client id starts with its node's id
-#   <prefix>:presence:alive:<node>      "1" with a TTL of presence_ttl, set
-#                                       again every presence_ttl / 3
-#   <prefix>:presence:nodes             set: the nodes that have written entries
-#   <prefix>:presence:topics:<node>     set: the topics where a node has entries
-#
-# A read filters out the entries of nodes whose alive key has expired, so a
-# dead node drops out of presence within presence_ttl. Each node's heartbeat
-# also lists the nodes whose key has expired; for each new one it reads that
-# node's entries on the topics that have local subscribers, and hands them to
-# the hub as expired (each surviving node tells its own subscribers). A dead
-# node's entries are deleted one presence_ttl after a node noticed it: by then
-# every connected node has had a heartbeat to notice it too.
-
-
-@final
-class _Commands:
-    """Commands for the outbox, sent in order; ``done`` is set once answered.
-
-    With ``build``, the commands are made when the publish loop takes the item,
-    from what has changed by then: presence changes wait in one place and go
-    out together, however many there were, in order with the publications
-    queued after them.
-    """
-
-    __slots__ = ("build", "commands", "done")
-
-    def __init__(
-        self,
-        commands: list[tuple[bytes, ...]],
-        done: trio.Event | None = None,
-        build: Callable[[], list[tuple[bytes, ...]]] | None = None,
-    ) -> None:
-        self.commands = commands
-        self.done = done
-        self.build = build
-
-    def take(self) -> list[tuple[bytes, ...]]:
-        return self.build() if self.build is not None else self.commands
-
-
-# KEYS: nodes set, own alive key. ARGV: own node, ttl in ms, alive key prefix.
-# Returns the nodes whose alive key has expired.
-_HEARTBEAT: Final = b"""
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
-local dead = {}
-for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[3] .. node) == 0 then dead[#dead + 1] = node end
-end
-return dead
-"""
-
-# KEYS: the topics' hashes. ARGV: the node. Returns [index, entry, ...]: the
-# node's entries in each hash, by the hash's 1-based index.
-_ENTRIES_OF_NODE: Final = b"""
-local found = {}
-local start = ARGV[1] .. '.'
-for index, key in ipairs(KEYS) do
-  local all = redis.call('HGETALL', key)
-  for i = 1, #all, 2 do
-    if string.sub(all[i], 1, #start) == start then
-      found[#found + 1] = index
-      found[#found + 1] = all[i + 1]
-    end
-  end
-end
-return found
-"""
-
-# KEYS: nodes set, the node's topics set, its alive key. ARGV: the node, the
-# hash key prefix, 1 to forget the node (0: keep it, it is being resynced), and
-# 1 if the node is dead (then nothing happens if its heartbeat is back).
-_CLEAR_NODE: Final = b"""
-if ARGV[4] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-local start = ARGV[1] .. '.'
-for _, topic in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local key = ARGV[2] .. topic
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, #start) == start then redis.call('HDEL', key, field) end
-  end
-end
-redis.call('DEL', KEYS[2])
-if ARGV[3] == '1' then
-  redis.call('SREM', KEYS[1], ARGV[1])
-  redis.call('DEL', KEYS[3])
-end
-return 0
-"""
-
-# KEYS: the topic's hash. ARGV: alive key prefix, own node. Returns the
-# entries of the other nodes whose alive key is there.
-_READ: Final = b"""
-local out = {}
-local alive = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local node = string.match(all[i], '^([^.]+)')
-  if node ~= ARGV[2] then
-    local ok = alive[node]
-    if ok == nil then
-      ok = redis.call('EXISTS', ARGV[1] .. node) == 1
-      alive[node] = ok
-    end
-    if ok then out[#out + 1] = all[i + 1] end
-  end
-end
-return out
-"""
-
-
-@final
-class _RedisPresence:
-    """The :class:`~trio_hub.backends.PresenceStore` of a :class:`RedisBackend`."""
-
-    __slots__ = (
-        "_announce",
-        "_backend",
-        "_counts",
-        "_flush_queued",
-        "_full",
-        "_last_heartbeat",
-        "_mourned",
-        "_node",
-        "_outbox_full_logged",
-        "_pending",
-        "_prefix",
-        "_sink",
-        "_touched",
-        "_ttl",
-    )
-
-    def __init__(self, backend: RedisBackend, sink: PresenceSink) -> None:
-        self._backend = backend
-        self._sink = sink
-        self._node = backend._header[1:7].hex()
-        self._prefix = f"{backend._prefix}:presence:"
-        self._ttl = backend._presence_ttl
-        # This node's entries per topic: the topics set needs only the count.
-        self._counts: dict[str, int] = {}
-        # Dead nodes this node has noticed, with when: to delete their
-        # entries later, and not to send their leave events twice.
-        self._mourned: dict[str, float] = {}
-        self._last_heartbeat: float | None = None
-        # Changes not yet sent: (topic, client id) -> the entry, or None to
-        # delete it. Bounded by this node's entries; a join and a leave of the
-        # same connection before they are sent cost one HDEL.
-        self._pending: dict[tuple[str, str], PresenceInfo | None] = {}
-        self._touched: set[str] = set()
-        # Whether the outbox holds an item that will send _pending.
-        self._flush_queued = False
-        # Send everything again (after a reconnection), and announce it.
-        self._full = False
-        self._announce = False
-        self._outbox_full_logged = False
-
-    @property
-    def node_id(self) -> str:
-        """The id of this node (12 hex digits), which starts its clients' presence ids."""
-        return self._node
-
-    def _key(self, name: str) -> bytes:
-        return (self._prefix + name).encode()
-
-    def _hash(self, topic: str) -> bytes:
-        return self._key(f"topic:{topic}")
-
-    def _enqueue(self, commands: _Commands) -> bool:
-        backend = self._backend
-        if not backend._connected:
-            return False  # written again in full once reconnected
-        try:
-            backend._outbox_send.send_nowait(commands)
-        except trio.WouldBlock:
-            if not self._outbox_full_logged:
-                self._outbox_full_logged = True
-                logger.warning(
-                    "Redis at %s does not keep up: presence changes wait for room in the outbox",
-                    backend._location,
-                )
-            return False
-        self._outbox_full_logged = False
-        return True
-
-    def _request_flush(self) -> None:
-        # Pending changes stay pending if this fails: the next change or
-        # heartbeat asks again, and a reconnection sends everything.
-        if not self._flush_queued and self._enqueue(_Commands([], build=self._build)):
-            self._flush_queued = True
-
-    def _build(self) -> list[tuple[bytes, ...]]:
-        self._flush_queued = False
-        topics_key = self._key(f"topics:{self._node}")
-        commands: list[tuple[bytes, ...]] = []
-        if self._full:
-            # After a (re)connection Redis may have lost everything (a
-            # restart), or hold entries that left during the outage: clear
-            # this node's, write the current ones.
-            self._full = False
-            self._pending.clear()
-            self._touched.clear()
-            commands.append(self._clear_command(forget=False))
-            backend = self._backend
-            seen: set[str] = set()
-            for topic, entry in self._sink.local_entries():
-                commands.append(self._write_command(topic, entry))
-                if topic not in seen:
-                    seen.add(topic)
-                    commands.append((b"SADD", topics_key, topic.encode()))
-                if self._announce:
-                    # Our heartbeat expired, so the other nodes sent our
-                    # clients' leave events: they are back.
-                    message = event_message("join", topic, entry)
-                    channel = backend.channel_name(topic).encode()
-                    commands.append((b"PUBLISH", channel, backend._header + message.encode()))
-            self._announce = False
-            return commands
-        for (topic, client_id), change in self._pending.items():
-            if change is None:
-                commands.append((b"HDEL", self._hash(topic), client_id.encode()))
-            else:
-                commands.append(self._write_command(topic, change))
-        for topic in self._touched:
-            command = b"SADD" if self._counts.get(topic) else b"SREM"
-            commands.append((command, topics_key, topic.encode()))
-        self._pending.clear()
-        self._touched.clear()
-        return commands
-
-    # ------------------------------------------------ PresenceStore
-
-    def add(self, topic: str, entry: PresenceInfo) -> None:
-        """See :meth:`PresenceStore.add <trio_hub.backends.PresenceStore.add>`."""
-        self._counts[topic] = self._counts.get(topic, 0) + 1
-        self._pending[topic, entry.client_id] = entry
-        self._touched.add(topic)
-        self._request_flush()
-
-    def _write_command(self, topic: str, entry: PresenceInfo) -> tuple[bytes, ...]:
-        data = _codec.encode(entry.to_json())
-        return (b"HSET", self._hash(topic), entry.client_id.encode(), data)
-
-    def remove(self, topic: str, entry: PresenceInfo) -> None:
-        """See :meth:`PresenceStore.remove <trio_hub.backends.PresenceStore.remove>`."""
-        count = self._counts.get(topic, 0) - 1
-        if count <= 0:
-            self._counts.pop(topic, None)
-        else:
-            self._counts[topic] = count
-        self._pending[topic, entry.client_id] = None
-        self._touched.add(topic)
-        self._request_flush()
-
-    async def entries(self, topic: str) -> list[PresenceInfo]:
-        """See :meth:`PresenceStore.entries <trio_hub.backends.PresenceStore.entries>`."""
-        backend = self._backend
-        publisher = backend._publisher
-        if publisher is None or not backend._connected:
-            raise BackendUnavailableError(f"Redis at {backend._location} is unavailable")
-        try:
-            reply = await publisher.create_request(
-                b"EVAL", _READ, 1, self._hash(topic), self._prefix + "alive:", self._node
-            )
-        except _FAILURES as exc:
-            raise BackendUnavailableError(
-                f"Redis at {backend._location} did not answer: {exc!r}"
-            ) from exc
-        assert isinstance(reply, list)
-        return [entry for entry in map(_parse_entry, reply) if entry is not None]
-
-    async def aclose(self) -> None:
-        """See :meth:`PresenceStore.aclose <trio_hub.backends.PresenceStore.aclose>`.
-
-        Deletes this node's entries and heartbeat, waiting up to ``io_timeout``
-        for Redis to confirm; the other nodes then see no dead node to mourn.
-        """
-        done = trio.Event()
-        if not self._enqueue(_Commands([self._clear_command(forget=True)], done)):
-            return
-        with trio.move_on_after(self._backend._io_timeout):
-            await done.wait()
-
-    def _clear_command(self, *, forget: bool, node: str | None = None) -> tuple[bytes, ...]:
-        dead = node is not None
-        node = self._node if node is None else node
-        return (
-            b"EVAL",
-            _CLEAR_NODE,
-            b"3",
-            self._key("nodes"),
-            self._key(f"topics:{node}"),
-            self._key(f"alive:{node}"),
-            node.encode(),
-            self._prefix.encode() + b"topic:",
-            b"1" if forget else b"0",
-            b"1" if dead else b"0",
-        )
-
-    # -------------------------------------------------- the session
-
-    async def run(self, publisher: BaseConnection) -> None:
-        """Per connection: write this node's state again, then heartbeat until it breaks."""
-        self._resync()
-        interval = self._ttl / 3
-        while True:
-            await self._heartbeat(publisher)
-            await trio.sleep(interval)
-
-    def _resync(self) -> None:
-        # One outbox item, built when it is sent: changes made after it come
-        # after it.
-        self._full = True
-        self._announce = (
-            self._last_heartbeat is not None
-            and trio.current_time() - self._last_heartbeat >= self._ttl
-        )
-        self._counts.clear()
-        for topic, _ in self._sink.local_entries():
-            self._counts[topic] = self._counts.get(topic, 0) + 1
-        self._flush_queued = False
-        self._request_flush()
-
-    async def _heartbeat(self, publisher: BaseConnection) -> None:
-        ttl_ms = max(1, round(self._ttl * 1000))
-        dead = await publisher.create_request(
-            b"EVAL",
-            _HEARTBEAT,
-            2,
-            self._key("nodes"),
-            self._key(f"alive:{self._node}"),
-            self._node,
-            ttl_ms,
-            self._prefix + "alive:",
-        )
-        now = trio.current_time()
-        self._last_heartbeat = now
-        if self._pending or self._full:
-            self._request_flush()
-        assert isinstance(dead, list)
-        dead_nodes = {node.decode() for node in dead if isinstance(node, bytes)}
-        # A node that is back (its heartbeat resumed) is no longer mourned.
-        for node in list(self._mourned):
-            if node not in dead_nodes:
-                del self._mourned[node]
-        topics = list(self._sink.local_topics())
-        for node in sorted(dead_nodes):
-            if node == self._node:
-                continue
-            noticed = self._mourned.get(node)
-            if noticed is None:
-                self._mourned[node] = now
-                if topics:
-                    await self._bury(publisher, node, topics)
-            elif now - noticed >= self._ttl:
-                # Every connected node has had a heartbeat to notice it.
-                await publisher.create_request(*self._clear_command(forget=True, node=node))
-
-    async def _bury(self, publisher: BaseConnection, node: str, topics: list[str]) -> None:
-        reply = await publisher.create_request(
-            b"EVAL",
-            _ENTRIES_OF_NODE,
-            len(topics),
-            *(self._hash(topic) for topic in topics),
-            node,
-        )
-        assert isinstance(reply, list)
-        expired: dict[str, list[PresenceInfo]] = {}
-        for position in range(0, len(reply) - 1, 2):
-            index, data = reply[position], reply[position + 1]
-            assert isinstance(index, int)
-            entry = _parse_entry(data)
-            if entry is not None:
-                expired.setdefault(topics[index - 1], []).append(entry)
-        if expired:
-            logger.info(
-                "presence: node %s stopped answering; %d entries expired",
-                node,
-                sum(map(len, expired.values())),
-            )
-        for topic, entries in expired.items():
-            try:
-                self._sink.expired(topic, entries)
-            except Exception:
-                logger.exception("presence: handing expired entries to the hub failed")
-
-
-# Digits enough for an integer that orjson would decode as a float.
-_LONG_NUMBER: Final = re.compile(rb"\d{19}")
-
-
-def _parse_entry(data: object) -> PresenceInfo | None:
-    if not isinstance(data, bytes):
-        return None
-    try:
-        # orjson alone unless an integer might exceed 64 bits: _codec.decode's
-        # check for that costs more than the decoding, once per entry of a read.
-        value = orjson.loads(data) if _LONG_NUMBER.search(data) is None else _codec.decode(data)
-        return PresenceInfo._from_json(cast("JSONValue", value))
-    except (MessageDecodeError, orjson.JSONDecodeError, ValueError):
-        logger.warning("presence: dropped an entry in Redis that no trio_hub wrote: %r", data)
-        return None
