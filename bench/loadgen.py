@@ -65,8 +65,9 @@ import socket
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, TypedDict, cast
+from typing import Final, TypedDict, TypeVar, cast
 
 import psutil
 
@@ -125,7 +126,23 @@ class MemoryStats(TypedDict):
     bytes_per_idle_connection: float
 
 
-class LoadgenResult(TypedDict):
+class WindowCosts(TypedDict):
+    """What both loops report about the measured window's CPU, memory and placement."""
+
+    server_cpu: CpuStats
+    server_us_per_delivery: float
+    server_user_us_per_delivery: float
+    server_system_us_per_delivery: float
+    loadgen_cpu: CpuStats
+    cores: list[CoreStats]
+    memory: MemoryStats
+    errors: int
+    event_loop: str
+    loadgen_cpus: list[int]
+    server_cpus: list[int]
+
+
+class LoadgenResult(WindowCosts):
     """Everything one load generator run reports (its stdout, as JSON)."""
 
     clients: int
@@ -140,17 +157,6 @@ class LoadgenResult(TypedDict):
     connect_s: float
     deliveries_per_s: float
     latency: LatencyStats
-    server_cpu: CpuStats
-    server_us_per_delivery: float
-    server_user_us_per_delivery: float
-    server_system_us_per_delivery: float
-    loadgen_cpu: CpuStats
-    cores: list[CoreStats]
-    memory: MemoryStats
-    errors: int
-    event_loop: str
-    loadgen_cpus: list[int]
-    server_cpus: list[int]
     ports: list[int]
     other_cpu: list[CpuStats]
 
@@ -205,7 +211,43 @@ def _handshake_request(host: str, port: int, compression: bool = False) -> tuple
     return request, accept
 
 
-class Fanout:
+class _Tracker:
+    """What both loops' shared state has: the protocol errors, and a future to fail.
+
+    A connection that the server closes early fails the future the run is waiting on
+    (:meth:`waited_on`), so that the run stops at once instead of timing out.
+    """
+
+    def __init__(self) -> None:
+        self.errors = 0
+        self.first_error = ""
+
+    def error(self, detail: str) -> None:
+        """Count a protocol violation; keep the first one for the report.
+
+        Args:
+            detail: What went wrong.
+        """
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = detail
+
+    def waited_on(self) -> asyncio.Future[None] | None:
+        """The future the run is waiting on now, if any."""
+        raise NotImplementedError
+
+    def fail(self, exc: Exception) -> None:
+        """Abort what the run is waiting for.
+
+        Args:
+            exc: Why.
+        """
+        future = self.waited_on()
+        if future is not None and not future.done():
+            future.set_exception(exc)
+
+
+class Fanout(_Tracker):
     """Tracks, for each message, how many receivers have it, and when the last one did.
 
     Receivers only report "my count went from ``start`` to ``stop``"; since each
@@ -220,36 +262,20 @@ class Fanout:
             receivers: Number of receiver connections.
             tokens: The sequence token each message carries, by index.
         """
+        super().__init__()
         self.receivers = receivers
         self.tokens = tokens
         self.reached = [0] * len(tokens)
         self.done_ns = [0] * len(tokens)
-        self.errors = 0
-        self.first_error = ""
         self.batch_end = 0
         self.sender_results = 0
         self.sender_copies = 0
         self.received_bytes = 0  # by the receivers
         self.waiter: asyncio.Future[None] | None = None
 
-    def error(self, detail: str) -> None:
-        """Count a protocol violation; keep the first one for the report.
-
-        Args:
-            detail: What went wrong.
-        """
-        self.errors += 1
-        if not self.first_error:
-            self.first_error = detail
-
-    def fail(self, exc: Exception) -> None:
-        """Abort the batch in progress.
-
-        Args:
-            exc: Why.
-        """
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
+    def waited_on(self) -> asyncio.Future[None] | None:
+        """The batch in progress."""
+        return self.waiter
 
     def delivered(self, start: int, stop: int) -> None:
         """Record that one receiver got messages ``start`` up to ``stop`` (exclusive).
@@ -286,9 +312,15 @@ class Fanout:
 
 
 class _Connection(asyncio.Protocol):
-    """Shared handshake and frame walking; subclasses decide what to do with frames."""
+    """Shared handshake and frame walking; subclasses decide what to do with frames.
 
-    def __init__(self, fanout: Fanout | OpenTracker, request: bytes, accept: bytes) -> None:
+    Args:
+        fanout: The run's shared state, which protocol errors are reported to.
+        request: The HTTP upgrade request to send.
+        accept: The ``Sec-WebSocket-Accept`` value the server must answer.
+    """
+
+    def __init__(self, fanout: _Tracker, request: bytes, accept: bytes) -> None:
         self.fanout = fanout
         self.request = request
         self.accept = accept
@@ -430,13 +462,6 @@ class Receiver(_Connection):
     fanout: Fanout
 
     def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
-        """Set up one receiver.
-
-        Args:
-            fanout: The shared tracker.
-            request: The HTTP upgrade request to send.
-            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
-        """
         super().__init__(fanout, request, accept)
         self.count = 0
 
@@ -466,13 +491,6 @@ class Sender(_Connection):
     fanout: Fanout
 
     def __init__(self, fanout: Fanout, request: bytes, accept: bytes) -> None:
-        """Set up the sender.
-
-        Args:
-            fanout: The shared tracker.
-            request: The HTTP upgrade request to send.
-            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
-        """
         super().__init__(fanout, request, accept)
         self.listener_counts: set[int] = set()
         self.frame_bytes = 0
@@ -539,6 +557,73 @@ def _times(process: psutil.Process) -> tuple[float, float]:
     return times.user, times.system
 
 
+@dataclass(frozen=True, slots=True)
+class _CpuSnapshot:
+    """CPU times at one instant: the server's, this process's and every core's."""
+
+    server: tuple[float, float]
+    me: tuple[float, float]
+    cores: list[dict[str, float]]
+
+    @classmethod
+    def take(cls, server: psutil.Process, me: psutil.Process) -> _CpuSnapshot:
+        return cls(_times(server), _times(me), _core_times())
+
+
+def _window_costs(
+    before: _CpuSnapshot,
+    after: _CpuSnapshot,
+    *,
+    window_s: float,
+    deliveries: int,
+    rss: tuple[int, int, int],
+    options: Options,
+    tracker: _Tracker,
+) -> WindowCosts:
+    """The report's CPU, memory and placement fields, the same for both loops.
+
+    Args:
+        before: At the start of the measured window.
+        after: At its end.
+        window_s: Its wall time.
+        deliveries: What the per-delivery costs divide by.
+        rss: The server's RSS before connecting the receivers, with them idle, and
+            after the window.
+        options: The run's options.
+        tracker: The run's shared state, for its error count.
+
+    Returns:
+        The fields.
+    """
+    server_cpu = _cpu(before.server, after.server, window_s)
+    rss_before, rss_idle, rss_after = rss
+    return {
+        "server_cpu": server_cpu,
+        "server_us_per_delivery": 1e6
+        * (server_cpu["user_s"] + server_cpu["system_s"])
+        / deliveries,
+        "server_user_us_per_delivery": 1e6 * server_cpu["user_s"] / deliveries,
+        "server_system_us_per_delivery": 1e6 * server_cpu["system_s"] / deliveries,
+        "loadgen_cpu": _cpu(before.me, after.me, window_s),
+        "cores": [
+            _core(cpu, core_before, core_after)
+            for cpu, (core_before, core_after) in enumerate(
+                zip(before.cores, after.cores, strict=True)
+            )
+        ],
+        "memory": {
+            "rss_before_bytes": rss_before,
+            "rss_idle_bytes": rss_idle,
+            "rss_after_broadcast_bytes": rss_after,
+            "bytes_per_idle_connection": (rss_idle - rss_before) / options.clients,
+        },
+        "errors": tracker.errors,
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+        "loadgen_cpus": sorted(os.sched_getaffinity(0)),
+        "server_cpus": sorted(os.sched_getaffinity(options.server_pid)),
+    }
+
+
 async def _settled_rss(process: psutil.Process, limit_s: float = 3.0) -> int:
     """RSS once the server has finished reacting to the connections just made.
 
@@ -583,13 +668,16 @@ class Options:
     check: str
 
 
+_C = TypeVar("_C", bound=_Connection)
+
+
 async def _open(
     loop: asyncio.AbstractEventLoop,
     options: Options,
-    factory: type[_Connection],
-    fanout: Fanout,
+    factory: type[_C],
+    fanout: _Tracker,
     port: int | None = None,
-) -> _Connection:
+) -> _C:
     port = options.port if port is None else port
     request, accept = _handshake_request(options.host, port, options.compression)
     _, protocol = await loop.create_connection(
@@ -600,6 +688,48 @@ async def _open(
         protocol.close()
         raise LoadgenError("the server did not accept permessage-deflate")
     return protocol
+
+
+async def _open_receivers(
+    loop: asyncio.AbstractEventLoop,
+    options: Options,
+    factory: type[_C],
+    fanout: _Tracker,
+    ports: Sequence[int],
+    receivers: list[_C],
+    check: str = "all",
+) -> float:
+    """Open ``--clients`` receivers, ``--connect-concurrency`` at a time.
+
+    Args:
+        loop: The running loop.
+        options: What to run.
+        factory: The receivers' class.
+        fanout: The run's shared state.
+        ports: Receiver *i* connects to ``ports[i % len(ports)]``.
+        receivers: Each receiver goes in here once open, so that the caller closes the
+            ones that were open when connecting failed.
+        check: ``all``, or ``one``: only the first receiver inflates and checks
+            compressed frames, so that the load generator is as fast with compression
+            as without (the others still count every frame).
+
+    Returns:
+        How long connecting took, in seconds.
+    """
+    started = time.perf_counter()
+    gate = asyncio.Semaphore(options.connect_concurrency)
+
+    async def open_receiver(port: int) -> None:
+        async with gate:
+            receiver = await _open(loop, options, factory, fanout, port)
+            receiver.check_compressed = check == "all" or not receivers
+            receivers.append(receiver)
+
+    async with asyncio.timeout(options.timeout + options.clients / 50):
+        await asyncio.gather(
+            *(open_receiver(ports[index % len(ports)]) for index in range(options.clients))
+        )
+    return time.perf_counter() - started
 
 
 async def run(options: Options) -> LoadgenResult:
@@ -650,10 +780,9 @@ async def run(options: Options) -> LoadgenResult:
     ]
     send_ns = [0] * total
     fanout = Fanout(0, tokens)
-    receivers: list[_Connection] = []
+    receivers: list[Receiver] = []
 
     sender = await _open(loop, options, Sender, fanout)
-    assert isinstance(sender, Sender)
     sent = 0
 
     async def batch() -> None:
@@ -678,30 +807,14 @@ async def run(options: Options) -> LoadgenResult:
         # paths (imports, caches) run before the memory baseline, not inside it.
         await batch()
         rss_before = await _settled_rss(server)
-
-        connect_started = time.perf_counter()
-        gate = asyncio.Semaphore(options.connect_concurrency)
-
-        async def open_receiver(port: int) -> None:
-            async with gate:
-                receiver = await _open(loop, options, Receiver, fanout, port)
-                # --check one: only the first receiver inflates and checks compressed
-                # frames, so that the load generator is as fast with compression as
-                # without (the others still count every frame).
-                receiver.check_compressed = options.check == "all" or not receivers
-                receivers.append(receiver)
-
-        async with asyncio.timeout(options.timeout + options.clients / 50):
-            await asyncio.gather(
-                *(open_receiver(ports[index % len(ports)]) for index in range(options.clients))
-            )
-        connect_s = time.perf_counter() - connect_started
+        connect_s = await _open_receivers(
+            loop, options, Receiver, fanout, ports, receivers, options.check
+        )
         rss_idle = await _settled_rss(server)
         # Receivers joined after the probe: their frame k is message k + batch_size.
         fanout.receivers = options.clients
         fanout.reached[: options.batch_size] = [options.clients] * options.batch_size
         for receiver in receivers:
-            assert isinstance(receiver, Receiver)
             receiver.count = options.batch_size
 
         for _ in range(options.warmup_batches):
@@ -710,9 +823,8 @@ async def run(options: Options) -> LoadgenResult:
         first_measured = sent
         window_start = time.perf_counter()
         received_before = fanout.received_bytes
-        server_before, me_before = _times(server), _times(me)
+        cpu_before = _CpuSnapshot.take(server, me)
         others_before = [_times(other) for other in others]
-        cores_before = _core_times()
         done = 0
         while done < options.max_batches:
             await batch()
@@ -724,9 +836,8 @@ async def run(options: Options) -> LoadgenResult:
                 break
         window_s = time.perf_counter() - window_start
         received_in_window = fanout.received_bytes - received_before
-        server_after, me_after = _times(server), _times(me)
+        cpu_after = _CpuSnapshot.take(server, me)
         others_after = [_times(other) for other in others]
-        cores_after = _core_times()
         rss_after = server.memory_info().rss
     finally:
         for connection in [sender, *receivers]:
@@ -748,7 +859,6 @@ async def run(options: Options) -> LoadgenResult:
     latencies = sorted(
         (fanout.done_ns[index] - send_ns[index]) / 1e6 for index in range(first_measured, sent)
     )
-    server_cpu = _cpu(server_before, server_after, window_s)
     return {
         "clients": options.clients,
         "listener_count": listeners,
@@ -768,27 +878,15 @@ async def run(options: Options) -> LoadgenResult:
             "p99_ms": _nearest_rank(latencies, 0.99),
             "max_ms": latencies[-1],
         },
-        "server_cpu": server_cpu,
-        "server_us_per_delivery": 1e6
-        * (server_cpu["user_s"] + server_cpu["system_s"])
-        / deliveries,
-        "server_user_us_per_delivery": 1e6 * server_cpu["user_s"] / deliveries,
-        "server_system_us_per_delivery": 1e6 * server_cpu["system_s"] / deliveries,
-        "loadgen_cpu": _cpu(me_before, me_after, window_s),
-        "cores": [
-            _core(cpu, before, after)
-            for cpu, (before, after) in enumerate(zip(cores_before, cores_after, strict=True))
-        ],
-        "memory": {
-            "rss_before_bytes": rss_before,
-            "rss_idle_bytes": rss_idle,
-            "rss_after_broadcast_bytes": rss_after,
-            "bytes_per_idle_connection": (rss_idle - rss_before) / options.clients,
-        },
-        "errors": fanout.errors,
-        "event_loop": type(loop).__module__.split(".")[0],
-        "loadgen_cpus": sorted(os.sched_getaffinity(0)),
-        "server_cpus": sorted(os.sched_getaffinity(options.server_pid)),
+        **_window_costs(
+            cpu_before,
+            cpu_after,
+            window_s=window_s,
+            deliveries=deliveries,
+            rss=(rss_before, rss_idle, rss_after),
+            options=options,
+            tracker=fanout,
+        ),
         "ports": ports,
         "other_cpu": [
             _cpu(before, after, window_s)
@@ -822,7 +920,7 @@ class PercentilesMs(TypedDict):
     max_ms: float
 
 
-class OpenLoopResult(TypedDict):
+class OpenLoopResult(WindowCosts):
     """Everything one open-loop run reports (its stdout, as JSON)."""
 
     load: str
@@ -845,18 +943,7 @@ class OpenLoopResult(TypedDict):
     missing_after_late_ms: int
     expected_after_late_ms: int
     drain_s: float
-    server_cpu: CpuStats
-    server_us_per_delivery: float
-    server_user_us_per_delivery: float
-    server_system_us_per_delivery: float
-    loadgen_cpu: CpuStats
-    cores: list[CoreStats]
-    memory: MemoryStats
     rss_peak_bytes: int
-    errors: int
-    event_loop: str
-    loadgen_cpus: list[int]
-    server_cpus: list[int]
 
 
 def _percentiles(sorted_values: list[float]) -> PercentilesMs:
@@ -871,7 +958,7 @@ def _percentiles(sorted_values: list[float]) -> PercentilesMs:
     }
 
 
-class OpenTracker:
+class OpenTracker(_Tracker):
     """Shared state of an open-loop run: per message id, when it was sent and answered.
 
     Message ids are ``k * senders + s`` for sender ``s``'s ``k``-th broadcast, so each
@@ -887,6 +974,7 @@ class OpenTracker:
         Args:
             senders: Number of sender connections.
         """
+        super().__init__()
         self.senders = senders
         self.send_ns: list[int] = []
         self.result_ns: list[int] = []
@@ -903,27 +991,10 @@ class OpenTracker:
         self.outstanding = 0
         self.last_result_ns = 0
         self.settled: asyncio.Future[None] | None = None
-        self.errors = 0
-        self.first_error = ""
 
-    def error(self, detail: str) -> None:
-        """Count a protocol violation; keep the first one for the report.
-
-        Args:
-            detail: What went wrong.
-        """
-        self.errors += 1
-        if not self.first_error:
-            self.first_error = detail
-
-    def fail(self, exc: Exception) -> None:
-        """Abort the run.
-
-        Args:
-            exc: Why.
-        """
-        if self.settled is not None and not self.settled.done():
-            self.settled.set_exception(exc)
+    def waited_on(self) -> asyncio.Future[None] | None:
+        """The run: set once every sender has its last result."""
+        return self.settled
 
     def grow(self, message_id: int) -> None:
         """Make room in the per-message arrays for ``message_id``.
@@ -942,13 +1013,6 @@ class OpenReceiver(_Connection):
     """Receives broadcasts; timestamps each read once and checks per-sender order."""
 
     def __init__(self, tracker: OpenTracker, request: bytes, accept: bytes) -> None:
-        """Set up one receiver.
-
-        Args:
-            tracker: The shared state.
-            request: The HTTP upgrade request to send.
-            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
-        """
         super().__init__(tracker, request, accept)
         self.tracker = tracker
         self.count = 0
@@ -994,13 +1058,6 @@ class OpenSender(OpenReceiver):
     """A publisher: it also receives every broadcast, and sends again on its result."""
 
     def __init__(self, tracker: OpenTracker, request: bytes, accept: bytes) -> None:
-        """Set up one sender.
-
-        Args:
-            tracker: The shared state.
-            request: The HTTP upgrade request to send.
-            accept: The ``Sec-WebSocket-Accept`` value the server must answer.
-        """
         super().__init__(tracker, request, accept)
         self.index = 0
         self.waiting_for = -1
@@ -1099,23 +1156,14 @@ async def run_open(options: Options) -> OpenLoopResult:
 
     try:
         for index in range(options.senders):
-            sender = await _open(loop, options, OpenSender, tracker)  # type: ignore[arg-type]
-            assert isinstance(sender, OpenSender)
+            sender = await _open(loop, options, OpenSender, tracker)
             sender.index, sender.pad = index, pad
             senders.append(sender)
         rss_before = await _settled_rss(server)
-        connect_started = time.perf_counter()
-        gate = asyncio.Semaphore(options.connect_concurrency)
-
-        async def open_receiver() -> None:
-            async with gate:
-                receiver = await _open(loop, options, OpenReceiver, tracker)  # type: ignore[arg-type]
-                assert isinstance(receiver, OpenReceiver)
-                receivers.append(receiver)
-
-        async with asyncio.timeout(options.timeout + options.clients / 50):
-            await asyncio.gather(*(open_receiver() for _ in range(options.clients)))
-        connect_s = time.perf_counter() - connect_started
+        # Every open-loop receiver checks every message id (the default check, all).
+        connect_s = await _open_receivers(
+            loop, options, OpenReceiver, tracker, [options.port], receivers
+        )
         rss_idle = await _settled_rss(server)
 
         rss_peak = rss_idle
@@ -1136,14 +1184,12 @@ async def run_open(options: Options) -> OpenLoopResult:
         tracker.measuring = True
         delivered_before = sum(listener.count for listener in listeners())
         window_start = time.perf_counter()
-        server_before, me_before = _times(server), _times(me)
-        cores_before = _core_times()
+        cpu_before = _CpuSnapshot.take(server, me)
         await asyncio.wait({tracker.settled}, timeout=options.seconds)
         tracker.measuring = False
         tracker.stopping = True
         window_s = time.perf_counter() - window_start
-        server_after, me_after = _times(server), _times(me)
-        cores_after = _core_times()
+        cpu_after = _CpuSnapshot.take(server, me)
         delivered_in_window = sum(listener.count for listener in listeners()) - delivered_before
         rss_after = server.memory_info().rss
         try:
@@ -1183,7 +1229,6 @@ async def run_open(options: Options) -> OpenLoopResult:
             f"broadcastResult listenerCount was {sorted(tracker.listener_counts)}, "
             f"expected {listener_count}"
         )
-    server_cpu = _cpu(server_before, server_after, window_s)
     messages = sum(tracker.measured)
     round_trips = sorted(value / 1e6 for value in tracker.round_trips_ns)
     lag = _lag_percentiles(tracker.lag_hist, max(r.max_lag_ns for r in listeners()))
@@ -1210,28 +1255,16 @@ async def run_open(options: Options) -> OpenLoopResult:
         "missing_after_late_ms": missing_late,
         "expected_after_late_ms": expected,
         "drain_s": drain_s,
-        "server_cpu": server_cpu,
-        "server_us_per_delivery": 1e6
-        * (server_cpu["user_s"] + server_cpu["system_s"])
-        / deliveries,
-        "server_user_us_per_delivery": 1e6 * server_cpu["user_s"] / deliveries,
-        "server_system_us_per_delivery": 1e6 * server_cpu["system_s"] / deliveries,
-        "loadgen_cpu": _cpu(me_before, me_after, window_s),
-        "cores": [
-            _core(cpu, before, after)
-            for cpu, (before, after) in enumerate(zip(cores_before, cores_after, strict=True))
-        ],
-        "memory": {
-            "rss_before_bytes": rss_before,
-            "rss_idle_bytes": rss_idle,
-            "rss_after_broadcast_bytes": rss_after,
-            "bytes_per_idle_connection": (rss_idle - rss_before) / options.clients,
-        },
         "rss_peak_bytes": rss_peak,
-        "errors": tracker.errors,
-        "event_loop": type(loop).__module__.split(".")[0],
-        "loadgen_cpus": sorted(os.sched_getaffinity(0)),
-        "server_cpus": sorted(os.sched_getaffinity(options.server_pid)),
+        **_window_costs(
+            cpu_before,
+            cpu_after,
+            window_s=window_s,
+            deliveries=deliveries,
+            rss=(rss_before, rss_idle, rss_after),
+            options=options,
+            tracker=tracker,
+        ),
     }
 
 

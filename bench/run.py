@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypedDict
+from typing import TypedDict, TypeVar
 
 import psutil
 from loadgen import LoadgenResult, OpenLoopResult, raise_open_files_limit
@@ -492,6 +492,26 @@ def run_once(
         }
 
 
+_Result = TypeVar("_Result", LoadgenResult, OpenLoopResult)
+
+
+def _median_over(runs: Sequence[_Result]) -> Callable[[Callable[[_Result], float]], float]:
+    """``median(pick)``: the median over the repeats of what ``pick`` takes from a run."""
+
+    def median(pick: Callable[[_Result], float]) -> float:
+        return statistics.median(pick(run) for run in runs)
+
+    return median
+
+
+def _core_busy(run: LoadgenResult | OpenLoopResult, cpus: list[int]) -> float:
+    """How busy the core of the process pinned to ``cpus`` was in ``run``, in percent.
+
+    Meaningful only when pinned to one core: NaN otherwise.
+    """
+    return run["cores"][cpus[0]]["busy_percent"] if len(cpus) == 1 else float("nan")
+
+
 def summarize(server: str, clients: int, runs: Sequence[LoadgenResult]) -> Summary:
     """Medians over the repeats.
 
@@ -503,14 +523,7 @@ def summarize(server: str, clients: int, runs: Sequence[LoadgenResult]) -> Summa
     Returns:
         The row for the table.
     """
-
-    def median(pick: Callable[[LoadgenResult], float]) -> float:
-        return statistics.median(pick(run) for run in runs)
-
-    def core(run: LoadgenResult, cpus: list[int]) -> float:
-        # Meaningful only when pinned to one core.
-        return run["cores"][cpus[0]]["busy_percent"] if len(cpus) == 1 else float("nan")
-
+    median = _median_over(runs)
     return {
         "server": server,
         "clients": clients,
@@ -522,32 +535,17 @@ def summarize(server: str, clients: int, runs: Sequence[LoadgenResult]) -> Summa
         "server_user_us_per_delivery": median(lambda r: r["server_user_us_per_delivery"]),
         "server_system_us_per_delivery": median(lambda r: r["server_system_us_per_delivery"]),
         "server_cpu_percent": median(lambda r: r["server_cpu"]["percent_of_one_core"]),
-        "server_core_busy_percent": median(lambda r: core(r, r["server_cpus"])),
+        "server_core_busy_percent": median(lambda r: _core_busy(r, r["server_cpus"])),
         "loadgen_cpu_percent": median(lambda r: r["loadgen_cpu"]["percent_of_one_core"]),
-        "loadgen_core_busy_percent": median(lambda r: core(r, r["loadgen_cpus"])),
+        "loadgen_core_busy_percent": median(lambda r: _core_busy(r, r["loadgen_cpus"])),
         "wire_bytes_per_delivery": median(lambda r: r["wire_bytes_per_delivery"]),
         "bytes_per_idle_connection": median(lambda r: r["memory"]["bytes_per_idle_connection"]),
     }
 
 
 def summarize_open(server: str, clients: int, runs: Sequence[OpenLoopResult]) -> OpenSummary:
-    """Medians over the repeats of open-loop runs.
-
-    Args:
-        server: Server name.
-        clients: Receiver connections.
-        runs: One result per repeat, at least one.
-
-    Returns:
-        The row for the table.
-    """
-
-    def median(pick: Callable[[OpenLoopResult], float]) -> float:
-        return statistics.median(pick(run) for run in runs)
-
-    def core(run: OpenLoopResult, cpus: list[int]) -> float:
-        return run["cores"][cpus[0]]["busy_percent"] if len(cpus) == 1 else float("nan")
-
+    """Medians over the repeats of open-loop runs, as :func:`summarize` for closed ones."""
+    median = _median_over(runs)
     return {
         "server": server,
         "clients": clients,
@@ -567,8 +565,8 @@ def summarize_open(server: str, clients: int, runs: Sequence[OpenLoopResult]) ->
         "server_us_per_delivery": median(lambda r: r["server_us_per_delivery"]),
         "server_cpu_percent": median(lambda r: r["server_cpu"]["percent_of_one_core"]),
         "loadgen_cpu_percent": median(lambda r: r["loadgen_cpu"]["percent_of_one_core"]),
-        "server_core_busy_percent": median(lambda r: core(r, r["server_cpus"])),
-        "loadgen_core_busy_percent": median(lambda r: core(r, r["loadgen_cpus"])),
+        "server_core_busy_percent": median(lambda r: _core_busy(r, r["server_cpus"])),
+        "loadgen_core_busy_percent": median(lambda r: _core_busy(r, r["loadgen_cpus"])),
         "rss_peak_mib": median(lambda r: r["rss_peak_bytes"] / 2**20),
         "p95_each_repeat_ms": [run["round_trip"]["p95_ms"] for run in runs],
     }
@@ -667,6 +665,16 @@ def format_table(rows: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
+_Row = TypeVar("_Row", Summary, OpenSummary)
+
+
+def _by_server(rows: Sequence[_Row]) -> Iterator[tuple[str, str, list[int], list[_Row]]]:
+    """For a chart: per server, its name, its colour, its client counts and its rows by N."""
+    for index, server in enumerate(dict.fromkeys(row["server"] for row in rows)):
+        mine = sorted((row for row in rows if row["server"] == server), key=lambda r: r["clients"])
+        yield server, f"C{index}", [row["clients"] for row in mine], mine
+
+
 def draw_chart(rows: Sequence[Summary], path: Path) -> None:
     """Latency (p50 solid, p99 dashed), throughput and CPU per delivery against N.
 
@@ -681,10 +689,7 @@ def draw_chart(rows: Sequence[Summary], path: Path) -> None:
     from matplotlib.ticker import ScalarFormatter
 
     figure, (latency, rate, cpu) = plt.subplots(1, 3, figsize=(16, 5), layout="constrained")
-    for index, server in enumerate(dict.fromkeys(row["server"] for row in rows)):
-        mine = sorted((row for row in rows if row["server"] == server), key=lambda r: r["clients"])
-        clients = [row["clients"] for row in mine]
-        color = f"C{index}"
+    for server, color, clients, mine in _by_server(rows):
         latency.plot(
             clients,
             [r["latency_median_ms"] for r in mine],
@@ -733,10 +738,7 @@ def draw_open_chart(rows: Sequence[OpenSummary], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (round_trip, lag) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
-    for index, server in enumerate(dict.fromkeys(row["server"] for row in rows)):
-        mine = sorted((row for row in rows if row["server"] == server), key=lambda r: r["clients"])
-        clients = [row["clients"] for row in mine]
-        color = f"C{index}"
+    for server, color, clients, mine in _by_server(rows):
         round_trip.plot(
             clients,
             [r["round_trip_p50_ms"] for r in mine],

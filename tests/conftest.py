@@ -32,9 +32,5 @@ collect_ignore = ["reliability"]
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A fresh redis-server on a free loopback port for one test, killed afterwards."""
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer() as server:
         yield server
-    finally:
-        server.kill()

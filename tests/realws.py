@@ -1,7 +1,7 @@
 """Helpers for tests over real trio-websocket connections on 127.0.0.1 (port 0).
 
-Shared by ``test_websocket.py`` and ``test_conformance.py``. The network is
-real, so the clock is too: every test that uses these needs a time limit.
+Shared by ``test_websocket.py``, ``test_conformance.py`` and others. The network
+is real, so the clock is too: every test that uses these needs a time limit.
 """
 
 from __future__ import annotations
@@ -58,6 +58,18 @@ async def open_client(port: int, path: str = "/") -> AsyncIterator[WebSocketConn
         # the close handshake (its reader exits without closing the stream),
         # which shows up as a ResourceWarning. Close it once the client is done.
         await trio.aclose_forcefully(connection._stream)
+
+
+async def send(connection: WebSocketConnection, type_: str, payload: object = None) -> None:
+    """Send one wire-protocol envelope, as JSON text."""
+    await connection.send_message(json.dumps({"type": type_, "payload": payload}))
+
+
+async def receive(connection: WebSocketConnection) -> dict[str, Any]:
+    """Receive one wire-protocol envelope (a JSON object)."""
+    message = json.loads(await connection.get_message())
+    assert isinstance(message, dict)
+    return message
 
 
 async def wait_for_clients(hub: Hub, count: int) -> None:

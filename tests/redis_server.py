@@ -1,9 +1,15 @@
-"""Throwaway ``redis-server`` processes for the Redis backend's tests.
+"""Throwaway ``redis-server`` processes for the Redis backend's tests, and their helpers.
 
 Each server listens on a free loopback port, keeps nothing on disk
 (``--save '' --appendonly no``), and is killed when the test is done. When
 ``redis-server`` is not installed, the tests that need it fail (never skip) and
 say what to install.
+
+Also here, for every test that uses Redis: hub nodes in their own processes
+(:class:`NodeProcess`, :func:`node_cluster`), and waits for Redis' state
+(:func:`wait_for_subscribers` and the others). Those waits poll, in small steps
+under the caller's time limit: what they wait for is another process's state,
+which no event here can report.
 """
 
 from __future__ import annotations
@@ -16,12 +22,23 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Final
 
+import coredis
 import pytest
+import trio
+
+if TYPE_CHECKING:
+    from trio_hub.backends.redis import RedisBackend
 
 STARTUP_TIMEOUT: Final = 10.0  # seconds, for a server or a node to be ready
+POLL: Final = 0.01  # seconds between two looks at Redis' state
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -80,6 +97,19 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: subprocess.Popen[bytes] | None = None
 
+    def __enter__(self) -> RedisServer:
+        """Start the server for the ``with`` block; it is killed at the end."""
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.kill()
+
     @property
     def running(self) -> bool:
         """Whether the server process is alive."""
@@ -132,12 +162,15 @@ class RedisServer:
 
 
 class NodeProcess:
-    """A hub node (``tests/redis_node.py``) in its own process, serving WebSockets."""
+    """A hub node in its own process, serving WebSockets: ``python -m MODULE ARGS...``.
 
-    def __init__(self, redis_url: str, *, prefix: str, history_size: int | None = None) -> None:
-        history = [] if history_size is None else [str(history_size)]
+    The module (``tests.redis_node``, ``tests.presence_node``) prints
+    ``listening on ws://127.0.0.1:PORT/`` on stderr once it serves.
+    """
+
+    def __init__(self, module: str, *args: str) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.redis_node", redis_url, prefix, *history],
+            [sys.executable, "-m", module, *args],
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -148,10 +181,98 @@ class NodeProcess:
         self.url = line.decode().rpartition("listening on ")[2].strip()
         self.port = int(self.url.rstrip("/").rpartition(":")[2])
 
-    def stop(self) -> None:
-        """Stop the node (SIGTERM) and wait for it."""
+    def stop(self) -> int:
+        """Stop the node (SIGTERM), wait for it, and return its exit status."""
         if self._process.poll() is None:
             self._process.terminate()
-        self._process.wait(STARTUP_TIMEOUT)
+        return self._reap()
+
+    def kill(self) -> None:
+        """Kill the node at once (SIGKILL), as a crash would."""
+        if self._process.poll() is None:
+            self._process.kill()
+        self._reap()
+
+    def _reap(self) -> int:
+        status = self._process.wait(STARTUP_TIMEOUT)
         assert self._process.stderr is not None
         self._process.stderr.close()
+        return status
+
+
+@dataclass
+class Cluster:
+    """One redis-server and three ``tests/redis_node.py`` processes on it."""
+
+    redis_url: str
+    prefix: str
+    nodes: list[NodeProcess]
+
+
+@contextmanager
+def node_cluster(name: str, *node_args: str) -> Iterator[Cluster]:
+    """Start a :class:`Cluster` under a fresh prefix ``NAME-...``; stop it on the way out.
+
+    ``node_args`` go to each node after the Redis URL and the prefix (see
+    ``tests/redis_node.py``).
+    """
+    with RedisServer() as server:
+        nodes: list[NodeProcess] = []
+        try:
+            prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+            nodes.extend(
+                NodeProcess("tests.redis_node", server.url, prefix, *node_args) for _ in range(3)
+            )
+            yield Cluster(server.url, prefix, nodes)
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+# ------------------------------------------------------- Redis' state
+
+
+@asynccontextmanager
+async def redis_client(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
+    """A plain coredis client, to look at Redis' side."""
+    async with coredis.Redis.from_url(url) as client:
+        yield client
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``check`` until it holds; the caller's ``fail_after`` bounds it."""
+    # Polling, not an event: what changes is another process's state (Redis'),
+    # or the backend's view of it, which offers no event to wait on.
+    while not await check():  # noqa: ASYNC110
+        await trio.sleep(POLL)
+
+
+async def wait_for_channels(url: str, expected: set[bytes]) -> None:
+    """Wait until ``PUBSUB CHANNELS`` is exactly ``expected``."""
+    async with redis_client(url) as client:
+
+        async def matches() -> bool:
+            return await client.pubsub_channels() == expected
+
+        await eventually(matches)
+
+
+async def wait_for_subscribers(url: str, expected: dict[str, int]) -> None:
+    """Wait until ``PUBSUB NUMSUB`` gives each channel its expected count."""
+    async with redis_client(url) as client:
+
+        async def matches() -> bool:
+            counts = await client.pubsub_numsub(*expected)
+            return {channel.decode(): count for channel, count in counts.items()} == expected
+
+        await eventually(matches)
+
+
+async def wait_for_state(backend: RedisBackend, state: str) -> None:
+    """Wait until the backend reports ``state`` (it follows Redis' process)."""
+
+    async def matches() -> bool:
+        await trio.lowlevel.checkpoint()
+        return backend.statistics().state == state
+
+    await eventually(matches)

@@ -40,6 +40,7 @@ from trio_hub.testing import MemoryTransport, memory_connection
 
 from .asgiws import hub_app, hypercorn_serving, quart_hub_app
 from .realws import open_client, read_until_closed
+from .test_docs import assert_a_publication_reaches_a_subscriber, read_line
 
 LIMIT: Final = 30  # seconds, for a test over real sockets
 EXAMPLE: Final = Path(__file__).resolve().parent.parent / "docs" / "examples" / "quart_trio_app.py"
@@ -362,16 +363,6 @@ def test_trio_hub_asgi_imports_without_quart_or_hypercorn() -> None:
 # ---------------------------------------------------------------- example
 
 
-async def read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> str:
-    while b"\n" not in buffer:
-        data = await stream.receive_some()
-        assert data, f"the example ended early: {bytes(buffer)!r}"
-        buffer += data
-    line, _, rest = bytes(buffer).partition(b"\n")
-    buffer[:] = rest
-    return line.decode()
-
-
 async def test_the_quart_trio_example_serves_the_wire_protocol_and_its_page() -> None:
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
@@ -393,17 +384,7 @@ async def test_the_quart_trio_example_serves_the_wire_protocol_and_its_page() ->
                 assert page.status_code == 200
                 assert "trio_hub on Quart-Trio" in page.text
             async with open_client(port, "/ws") as alice, open_client(port, "/ws") as bob:
-                await bob.send_message(Message("subscribe", {"topic": "t"}).text)
-                assert Message.decode(await bob.get_message()) == Message(
-                    "subscribed", {"topic": "t"}
-                )
-                await alice.send_message(Message("publish", {"topic": "t", "data": 1}).text)
-                assert Message.decode(await bob.get_message()) == Message(
-                    "message", {"topic": "t", "data": 1}
-                )
-                assert Message.decode(await alice.get_message()) == Message(
-                    "publishResult", {"topic": "t", "listenerCount": 1}
-                )
+                await assert_a_publication_reaches_a_subscriber(alice, bob)
                 await alice.send_message("{not json")
                 reply = Message.decode(await alice.get_message())
                 assert reply.type == "error"

@@ -256,33 +256,31 @@ def shown_messages(page: Page) -> list[str]:
 def test_the_page_recovers_what_it_missed_while_the_server_was_down(browser: Browser) -> None:
     """The server is killed mid-stream; the page reconnects and recovers from Redis."""
     errors: list[str] = []
-    redis = RedisServer()
-    redis.start()
-    args = ("--redis", redis.url, "--redis-prefix", "browser")
-    server = ServerProcess(*args)
-    try:
-        page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
-        expect_connected(page)
-        subscribe(page, "ticks")
-        publish_from_python(server.port, "ticks", range(1, 41))
-        expect(page.locator('#feed li[data-type="message"]')).to_have_count(40)
-        # Killed without a goodbye: the page sees the connection drop.
-        server.stop(signal.SIGKILL)
-        server.kill()
-        expect(page.locator("#state")).to_have_attribute("data-state", "disconnected")
-        server = ServerProcess(*args, port=server.port)
-        # Published while the page is still away (its backoff has not run out).
-        publish_from_python(server.port, "ticks", range(41, 81))
-        expect_connected(page)
-        publish_from_python(server.port, "ticks", range(81, 101))
-        expect(page.locator('#feed li[data-type="message"]')).to_have_count(100)
-        # Every message once, in order, and no gap.
-        assert shown_messages(page) == [f"[ticks] {n}" for n in range(1, 101)]
-        expect(page.locator('#feed li[data-type="gap"]')).to_have_count(0)
-        feed_entry(page, "subscribed", "recovered")
-    finally:
-        server.kill()
-        redis.kill()
+    with RedisServer() as redis:
+        args = ("--redis", redis.url, "--redis-prefix", "browser")
+        server = ServerProcess(*args)
+        try:
+            page = open_page(browser, f"http://127.0.0.1:{server.port}/", errors)
+            expect_connected(page)
+            subscribe(page, "ticks")
+            publish_from_python(server.port, "ticks", range(1, 41))
+            expect(page.locator('#feed li[data-type="message"]')).to_have_count(40)
+            # Killed without a goodbye: the page sees the connection drop.
+            server.stop(signal.SIGKILL)
+            server.kill()
+            expect(page.locator("#state")).to_have_attribute("data-state", "disconnected")
+            server = ServerProcess(*args, port=server.port)
+            # Published while the page is still away (its backoff has not run out).
+            publish_from_python(server.port, "ticks", range(41, 81))
+            expect_connected(page)
+            publish_from_python(server.port, "ticks", range(81, 101))
+            expect(page.locator('#feed li[data-type="message"]')).to_have_count(100)
+            # Every message once, in order, and no gap.
+            assert shown_messages(page) == [f"[ticks] {n}" for n in range(1, 101)]
+            expect(page.locator('#feed li[data-type="gap"]')).to_have_count(0)
+            feed_entry(page, "subscribed", "recovered")
+        finally:
+            server.kill()
     assert errors == []
 
 

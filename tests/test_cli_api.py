@@ -21,10 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client.parser import text_string_to_metric_families
 
-from .redis_server import RedisServer
+from .redis_server import RedisServer, wait_for_subscribers
 from .test_cli import client, close_code, receive, request, running_server, upgrade_status
 from .test_cli_redis import PREFIX
-from .test_redis import wait_for_subscribers
 
 LIMIT: Final = 45  # seconds, for any one test
 KEY: Final = "api-key-for-tests"

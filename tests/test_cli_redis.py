@@ -27,10 +27,9 @@ from trio_websocket import WebSocketConnection
 from trio_hub.__main__ import REDIS_PREFIX, REDIS_START_TIMEOUT
 from trio_hub.backends.redis import RedisBackend
 
-from .redis_server import RedisServer, free_port
+from .redis_server import RedisServer, free_port, wait_for_channels, wait_for_subscribers
 from .test_cli import LOG_LINE, client, receive, request, running_server
 from .test_docs import EXAMPLES, read_line
-from .test_redis import wait_for_channels, wait_for_subscribers
 
 LIMIT: Final = 60  # seconds, for any one test: it starts two Python processes
 PREFIX: Final = "clitest"

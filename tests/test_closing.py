@@ -64,6 +64,19 @@ async def connected(hub: Hub, server: HubServer) -> tuple[RawWebSocket, Client]:
     return raw, client
 
 
+@asynccontextmanager
+async def served_raw_client(
+    **settings: Any,
+) -> AsyncIterator[tuple[Hub, HubServer, RawWebSocket, Client]]:
+    """:func:`serving`, with one raw client connected; it is closed on the way out."""
+    async with serving(**settings) as (hub, server):
+        raw, client = await connected(hub, server)
+        try:
+            yield hub, server, raw, client
+        finally:
+            await raw.aclose()
+
+
 async def close_frame(raw: RawWebSocket) -> tuple[int, str]:
     """Skip to the server's close frame; return its code and reason."""
     while True:
@@ -144,24 +157,20 @@ DISCARDS_UNTIL_EOF: Final = {CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG
 async def test_every_close_the_hub_starts_reaches_the_peer_with_its_code(case: str) -> None:
     code, trigger, settings = CASES[case]
     with trio.fail_after(LIMIT):
-        async with serving(**settings) as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                await trigger(hub, server, raw, client)
-                received, _ = await close_frame(raw)
-                assert received == code
-                await assert_half_closed(raw)
-                # Our close reply still reaches the server, which then ends.
-                await raw.stream.send_all(frame(OP_CLOSE, struct.pack("!H", code)))
-                if code in DISCARDS_UNTIL_EOF:
-                    # As websockets does, the server parses nothing after a
-                    # broken frame; it ends at EOF, which real clients send
-                    # after the closing handshake.
-                    await raw.stream.send_eof()
-                await client.wait_closed()
-                assert client.close_code == code
-            finally:
-                await raw.aclose()
+        async with served_raw_client(**settings) as (hub, server, raw, client):
+            await trigger(hub, server, raw, client)
+            received, _ = await close_frame(raw)
+            assert received == code
+            await assert_half_closed(raw)
+            # Our close reply still reaches the server, which then ends.
+            await raw.stream.send_all(frame(OP_CLOSE, struct.pack("!H", code)))
+            if code in DISCARDS_UNTIL_EOF:
+                # As websockets does, the server parses nothing after a
+                # broken frame; it ends at EOF, which real clients send
+                # after the closing handshake.
+                await raw.stream.send_eof()
+            await client.wait_closed()
+            assert client.close_code == code
 
 
 async def test_an_8_mib_message_in_one_write_gets_1009_not_a_reset() -> None:
@@ -169,20 +178,16 @@ async def test_an_8_mib_message_in_one_write_gets_1009_not_a_reset() -> None:
     # One frame, with a zero mask (valid, and the payload needs no masking).
     data = bytes([0x81, 0x80 | 127]) + struct.pack("!Q", size) + b"\x00" * 4 + b"x" * size
     with trio.fail_after(LIMIT):
-        async with serving() as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                async with trio.open_nursery() as nursery:
-                    # The write completes: the server reads and discards it.
-                    nursery.start_soon(raw.stream.send_all, data)
-                    code, _ = await close_frame(raw)
-                    assert code == CloseCode.MESSAGE_TOO_BIG
-                    await assert_half_closed(raw)
-                await raw.stream.send_eof()
-                await client.wait_closed()
-                assert client.close_code == CloseCode.MESSAGE_TOO_BIG
-            finally:
-                await raw.aclose()
+        async with served_raw_client() as (_, _, raw, client):
+            async with trio.open_nursery() as nursery:
+                # The write completes: the server reads and discards it.
+                nursery.start_soon(raw.stream.send_all, data)
+                code, _ = await close_frame(raw)
+                assert code == CloseCode.MESSAGE_TOO_BIG
+                await assert_half_closed(raw)
+            await raw.stream.send_eof()
+            await client.wait_closed()
+            assert client.close_code == CloseCode.MESSAGE_TOO_BIG
 
 
 async def test_a_websockets_client_sending_8_mib_in_one_write_sees_1009() -> None:
@@ -207,42 +212,31 @@ async def test_a_peer_that_never_reads_is_dropped_within_the_timeouts() -> None:
     # Its socket is full, so the close frame cannot go out: close_timeout
     # bounds the wait, then the connection is dropped.
     with trio.fail_after(LIMIT):
-        async with serving(queue_size=1, close_timeout=0.2, write_timeout=0.5) as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                await evict(hub, server, raw, client)
-                await client.wait_closed()
-                assert client.close_code == CloseCode.SLOW_CLIENT
-                assert len(hub) == 0
-            finally:
-                await raw.aclose()
+        settings = {"queue_size": 1, "close_timeout": 0.2, "write_timeout": 0.5}
+        async with served_raw_client(**settings) as (hub, server, raw, client):
+            await evict(hub, server, raw, client)
+            await client.wait_closed()
+            assert client.close_code == CloseCode.SLOW_CLIENT
+            assert len(hub) == 0
 
 
 async def test_a_peer_that_never_answers_the_close_is_dropped_after_close_timeout() -> None:
     with trio.fail_after(LIMIT):
-        async with serving(close_timeout=0.2) as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                client.close(CloseCode.POLICY_VIOLATION, "go")
-                assert await close_frame(raw) == (CloseCode.POLICY_VIOLATION, "go")
-                # It keeps its side open and says nothing.
-                await client.wait_closed()
-                await assert_half_closed(raw)
-            finally:
-                await raw.aclose()
+        async with served_raw_client(close_timeout=0.2) as (_, _, raw, client):
+            client.close(CloseCode.POLICY_VIOLATION, "go")
+            assert await close_frame(raw) == (CloseCode.POLICY_VIOLATION, "go")
+            # It keeps its side open and says nothing.
+            await client.wait_closed()
+            await assert_half_closed(raw)
 
 
 async def test_a_long_close_reason_is_cut_to_fit_a_control_frame() -> None:
     with trio.fail_after(LIMIT):
-        async with serving() as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                client.close(4100, "é" * 100)  # 200 bytes of UTF-8
-                code, reason = await close_frame(raw)
-                assert code == 4100
-                assert reason == "é" * 61  # 122 bytes: whole characters only
-            finally:
-                await raw.aclose()
+        async with served_raw_client() as (_, _, raw, client):
+            client.close(4100, "é" * 100)  # 200 bytes of UTF-8
+            code, reason = await close_frame(raw)
+            assert code == 4100
+            assert reason == "é" * 61  # 122 bytes: whole characters only
 
 
 @pytest.mark.parametrize("when", ["after reading the close frame", "before reading it"])
@@ -254,60 +248,48 @@ async def test_a_ping_while_the_server_closes_is_harmless(
     # state; one that needs a pong after the half-close gets none, quietly.
     caplog.set_level(logging.DEBUG)
     with trio.fail_after(LIMIT):
-        async with serving() as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                client.close(CloseCode.NORMAL)
-                if when == "before reading it":
-                    await raw.stream.send_all(frame(OP_PING, b"early"))
-                assert (await close_frame(raw))[0] == CloseCode.NORMAL
-                await raw.stream.send_all(frame(OP_PING, b"late"))
-                await raw.stream.send_all(frame(OP_CLOSE, struct.pack("!H", 1000)))
-                await client.wait_closed()
-            finally:
-                await raw.aclose()
+        async with served_raw_client() as (_, _, raw, client):
+            client.close(CloseCode.NORMAL)
+            if when == "before reading it":
+                await raw.stream.send_all(frame(OP_PING, b"early"))
+            assert (await close_frame(raw))[0] == CloseCode.NORMAL
+            await raw.stream.send_all(frame(OP_PING, b"late"))
+            await raw.stream.send_all(frame(OP_CLOSE, struct.pack("!H", 1000)))
+            await client.wait_closed()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_pings_and_pongs_between_messages_keep_the_connection_open() -> None:
     with trio.fail_after(LIMIT):
-        async with serving(ping_interval=0.01, pong_timeout=5) as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                # Answer a few of the hub's pings, send some of our own.
-                answered = pongs = 0
-                while answered < 3 or pongs < 3:
-                    opcode, payload = await raw.receive_frame()
-                    if opcode == OP_PING:
-                        await raw.stream.send_all(frame(0xA, payload))
-                        await raw.stream.send_all(frame(OP_PING, b"mine"))
-                        answered += 1
-                    else:
-                        assert (opcode, payload) == (0xA, b"mine")
-                        pongs += 1
-                assert not client.closed
-                hub.broadcast(Message("n", {"n": 1}))
-                while True:
-                    opcode, payload = await raw.receive_frame()
-                    if opcode == OP_TEXT:
-                        assert json.loads(payload)["payload"] == {"n": 1}
-                        break
-            finally:
-                await raw.aclose()
+        async with served_raw_client(ping_interval=0.01, pong_timeout=5) as (hub, _, raw, client):
+            # Answer a few of the hub's pings, send some of our own.
+            answered = pongs = 0
+            while answered < 3 or pongs < 3:
+                opcode, payload = await raw.receive_frame()
+                if opcode == OP_PING:
+                    await raw.stream.send_all(frame(0xA, payload))
+                    await raw.stream.send_all(frame(OP_PING, b"mine"))
+                    answered += 1
+                else:
+                    assert (opcode, payload) == (0xA, b"mine")
+                    pongs += 1
+            assert not client.closed
+            hub.broadcast(Message("n", {"n": 1}))
+            while True:
+                opcode, payload = await raw.receive_frame()
+                if opcode == OP_TEXT:
+                    assert json.loads(payload)["payload"] == {"n": 1}
+                    break
 
 
 async def test_fragments_that_add_up_to_more_than_the_limit_get_1009() -> None:
     with trio.fail_after(LIMIT):
-        async with serving(max_message_size=50) as (hub, server):
-            raw, client = await connected(hub, server)
-            try:
-                first = bytes([OP_TEXT, 0x80 | 30]) + b"\x00" * 4 + b"x" * 30  # fin=0
-                more = bytes([0x80, 0x80 | 30]) + b"\x00" * 4 + b"x" * 30  # continuation
-                await raw.stream.send_all(first + more)
-                assert (await close_frame(raw))[0] == CloseCode.MESSAGE_TOO_BIG
-                await assert_half_closed(raw)
-                await raw.stream.send_eof()
-                await client.wait_closed()
-                assert client.close_code == CloseCode.MESSAGE_TOO_BIG
-            finally:
-                await raw.aclose()
+        async with served_raw_client(max_message_size=50) as (_, _, raw, client):
+            first = bytes([OP_TEXT, 0x80 | 30]) + b"\x00" * 4 + b"x" * 30  # fin=0
+            more = bytes([0x80, 0x80 | 30]) + b"\x00" * 4 + b"x" * 30  # continuation
+            await raw.stream.send_all(first + more)
+            assert (await close_frame(raw))[0] == CloseCode.MESSAGE_TOO_BIG
+            await assert_half_closed(raw)
+            await raw.stream.send_eof()
+            await client.wait_closed()
+            assert client.close_code == CloseCode.MESSAGE_TOO_BIG

@@ -10,38 +10,20 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any
 
 import trio
 import trio.testing
 from trio_websocket import open_websocket
 from websockets.trio.client import connect as websockets_connect
 
-from trio_hub import Client, CloseCode, Hub, HubServer, Message, open_hub, serve_hub
+from trio_hub import Client, CloseCode, Hub, Message
 
 from .rawws import OP_TEXT, RawWebSocket
+from .test_server import running, wait_for_clients
 
 LIMIT = 20
 TAIL = b"\x00\x00\xff\xff"
 OFFER = "permessage-deflate; client_max_window_bits"  # what Chromium offers
-
-
-@asynccontextmanager
-async def running(
-    hub_settings: dict[str, Any] | None = None, **server_settings: Any
-) -> AsyncIterator[tuple[Hub, HubServer]]:
-    async with open_hub(**(hub_settings or {})) as hub, trio.open_nursery() as nursery:
-        server = await nursery.start(partial(serve_hub, hub, "127.0.0.1", 0, **server_settings))
-        yield hub, server
-        await server.aclose()
-
-
-async def wait_for_clients(hub: Hub, count: int) -> None:
-    while len(hub) < count:
-        await trio.testing.wait_all_tasks_blocked(cushion=0.001)
 
 
 def big_message(index: int) -> Message:
@@ -60,6 +42,14 @@ async def receive_text(raw: RawWebSocket) -> tuple[bool, str]:
     if first & 0x40:
         return True, zlib.decompressobj(-15).decompress(payload + TAIL).decode()
     return False, payload.decode()
+
+
+async def assert_plain_frames(hub: Hub, raw: RawWebSocket) -> None:
+    """Nothing was negotiated: even a large message reaches the raw client uncompressed."""
+    assert b"sec-websocket-extensions" not in raw.response_head.lower()
+    await wait_for_clients(hub, 1)
+    hub.broadcast(big_message(1))
+    assert await receive_text(raw) == (False, big_message(1).text)
 
 
 async def test_compressing_and_plain_clients_share_broadcasts() -> None:
@@ -109,10 +99,7 @@ async def test_compression_off_negotiates_nothing() -> None:
         async with running(compression=None) as (hub, server):
             raw = await RawWebSocket.connect(server.port, extensions=OFFER)
             try:
-                assert b"sec-websocket-extensions" not in raw.response_head.lower()
-                await wait_for_clients(hub, 1)
-                hub.broadcast(big_message(1))
-                assert await receive_text(raw) == (False, big_message(1).text)
+                await assert_plain_frames(hub, raw)
             finally:
                 await raw.aclose()
             async with websockets_connect(server.url) as client:
@@ -126,10 +113,7 @@ async def test_declined_offer_still_connects() -> None:
                 server.port, extensions="permessage-deflate; server_max_window_bits=99"
             )
             try:
-                assert b"sec-websocket-extensions" not in raw.response_head.lower()
-                await wait_for_clients(hub, 1)
-                hub.broadcast(big_message(1))
-                assert await receive_text(raw) == (False, big_message(1).text)
+                await assert_plain_frames(hub, raw)
             finally:
                 await raw.aclose()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from trio_hub import Message
 
@@ -214,6 +214,19 @@ async def read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> str:
     return line.decode()
 
 
+async def assert_a_publication_reaches_a_subscriber(
+    alice: WebSocketConnection, bob: WebSocketConnection
+) -> None:
+    """An example speaks the wire protocol: bob subscribes to "t", alice publishes to it."""
+    await bob.send_message(Message("subscribe", {"topic": "t"}).text)
+    assert Message.decode(await bob.get_message()) == Message("subscribed", {"topic": "t"})
+    await alice.send_message(Message("publish", {"topic": "t", "data": 1}).text)
+    assert Message.decode(await bob.get_message()) == Message("message", {"topic": "t", "data": 1})
+    assert Message.decode(await alice.get_message()) == Message(
+        "publishResult", {"topic": "t", "listenerCount": 1}
+    )
+
+
 async def test_the_tutorial_server_serves_until_sigterm_then_stops_cleanly() -> None:
     with trio.fail_after(EXAMPLE_TIMEOUT):
         process = await trio.lowlevel.open_process(
@@ -231,17 +244,7 @@ async def test_the_tutorial_server_serves_until_sigterm_then_stops_cleanly() -> 
             assert match is not None, banner
             url = f"ws://127.0.0.1:{match[1]}/"
             async with open_websocket_url(url) as alice, open_websocket_url(url) as bob:
-                await bob.send_message(Message("subscribe", {"topic": "t"}).text)
-                assert Message.decode(await bob.get_message()) == Message(
-                    "subscribed", {"topic": "t"}
-                )
-                await alice.send_message(Message("publish", {"topic": "t", "data": 1}).text)
-                assert Message.decode(await bob.get_message()) == Message(
-                    "message", {"topic": "t", "data": 1}
-                )
-                assert Message.decode(await alice.get_message()) == Message(
-                    "publishResult", {"topic": "t", "listenerCount": 1}
-                )
+                await assert_a_publication_reaches_a_subscriber(alice, bob)
                 process.send_signal(signal.SIGTERM)
                 for connection in (alice, bob):
                     with pytest.raises(ConnectionClosed) as closed:
@@ -324,14 +327,10 @@ def test_doctests_pass(test: doctest.DocTest) -> None:
 
 def test_the_redis_backend_example_runs_against_a_real_redis() -> None:
     (test,) = [test for test in docstring_doctests() if test.name == REDIS_EXAMPLE]
-    server = RedisServer()
-    server.start()
-    try:
+    with RedisServer() as server:
         replaced = 0
         for example in test.examples:
             replaced += example.source.count(REDIS_EXAMPLE_URL)
             example.source = example.source.replace(REDIS_EXAMPLE_URL, server.url)
         assert replaced == 1, f"the example should connect to {REDIS_EXAMPLE_URL}"
         run_doctest(test)
-    finally:
-        server.kill()

@@ -43,10 +43,17 @@ from trio_hub.backends import BackendUnavailableError
 from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, TestHub
 
-from .redis_server import REPO_ROOT, STARTUP_TIMEOUT, RedisServer, wait_for_line
+from .redis_server import (
+    REPO_ROOT,
+    NodeProcess,
+    RedisServer,
+    eventually,
+    wait_for_state,
+    wait_for_subscribers,
+)
 from .test_cli import client as cli_client
 from .test_cli import receive, request, running_server
-from .test_redis import LIMIT, eventually, wait_for_state
+from .test_redis import LIMIT
 
 TTL = 1.0  # seconds: presence_ttl for these tests, short so that expiry is quick
 
@@ -95,7 +102,7 @@ async def test_presence_and_events_are_shared_by_the_nodes(redis_server: RedisSe
             # Node A subscribed to the topic in Redis for alice: bob's join reaches her.
             await alice.expect_join("room", identity="bob")
             await wait_for_presence(hub_b, "room", ["alice", "bob"])
-            await wait_for_subscribed(url, backend_b.channel_name("room"), 2)
+            await wait_for_subscribers(url, {backend_b.channel_name("room"): 2})
             carol = connect(hub_b, "carol", "room")
             await alice.expect_join("room", identity="carol", info={"who": "carol"})
             await bob.expect_join("room", identity="carol")
@@ -231,16 +238,6 @@ def test_the_presence_redis_example_prints_what_the_howto_shows(
     )
 
 
-async def wait_for_subscribed(url: str, channel: str, nodes: int) -> None:
-    async with coredis.Redis.from_url(url) as redis:
-
-        async def subscribed() -> bool:
-            counts = await redis.pubsub_numsub(channel)
-            return counts[channel.encode()] == nodes
-
-        await eventually(subscribed)
-
-
 # ------------------------------------- three processes, killed and restarted
 #
 # Three node processes (tests/presence_node.py) on one redis-server, driven by
@@ -259,60 +256,33 @@ STEP_TIMEOUT = 10.0  # seconds for anything a step waits for
 TOPIC_NAMES = ("red", "green")
 
 
-class PresenceNodeProcess:
-    """A tests/presence_node.py process; killed with SIGKILL, as a crash would."""
-
-    def __init__(self, redis_url: str, prefix: str) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.presence_node", redis_url, prefix, str(PROCESS_TTL)],
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        assert self._process.stderr is not None
-        line = wait_for_line(self._process, self._process.stderr, b"listening on ws://")
-        self.url = line.decode().rpartition("listening on ")[2].strip()
-
-    def kill(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait(STARTUP_TIMEOUT)
-        assert self._process.stderr is not None
-        self._process.stderr.close()
-
-    def stop(self) -> None:
-        """SIGTERM: the node closes its clients and says goodbye, then exits with 0."""
-        self._process.terminate()
-        assert self._process.wait(STARTUP_TIMEOUT) == 0
-        assert self._process.stderr is not None
-        self._process.stderr.close()
-
-
 @dataclass
 class PresenceCluster:
+    """The nodes are tests/presence_node.py processes; None where one is down."""
+
     redis: RedisServer
     prefix: str
-    nodes: list[PresenceNodeProcess | None]
+    nodes: list[NodeProcess | None]
 
     def start(self, index: int) -> None:
-        self.nodes[index] = PresenceNodeProcess(self.redis.url, self.prefix)
+        self.nodes[index] = NodeProcess(
+            "tests.presence_node", self.redis.url, self.prefix, str(PROCESS_TTL)
+        )
 
 
 @pytest.fixture(scope="module")
 def presence_cluster() -> Iterator[PresenceCluster]:
-    server = RedisServer()
-    server.start()
-    cluster = PresenceCluster(server, f"presence-{uuid.uuid4().hex[:8]}", [None] * NODES)
-    try:
-        for index in range(NODES):
-            cluster.start(index)
-        yield cluster
-    finally:
-        for node in cluster.nodes:
-            if node is not None:
-                node.kill()
-        server.kill()
+    with RedisServer() as server:
+        cluster = PresenceCluster(server, f"presence-{uuid.uuid4().hex[:8]}", [None] * NODES)
+        try:
+            for index in range(NODES):
+                cluster.start(index)
+            yield cluster
+        finally:
+            # SIGKILL, as a crash would: a graceful stop is the stop rule's to check.
+            for node in cluster.nodes:
+                if node is not None:
+                    node.kill()
 
 
 Event = tuple[str, str, str]  # (join or leave, topic, identity)
@@ -405,13 +375,10 @@ class ClusterPresence(RuleBasedStateMachine):
     @precondition(lambda self: self.clients)
     @rule(data=st.data(), topic=st.sampled_from(TOPIC_NAMES))
     def subscribe(self, data: st.DataObject, topic: str) -> None:
-        self.do_subscribe(data.draw(st.sampled_from(sorted(self.clients))), topic)
+        self.do_subscribe(self._draw_client(data), topic)
 
     def do_subscribe(self, client_name: str, topic: str) -> None:
-        client = self.clients[client_name]
-        name = self.topic_names[topic]
-        client.send("subscribe", {"topic": name})
-        assert client.receive(STEP_TIMEOUT) == {"type": "subscribed", "payload": {"topic": name}}
+        client, name = self._ask(client_name, "subscribe", topic, "subscribed")
         if name not in client.topics:
             self._announce("join", name, client)
             client.topics.add(name)
@@ -420,16 +387,10 @@ class ClusterPresence(RuleBasedStateMachine):
     @precondition(lambda self: self.clients)
     @rule(data=st.data(), topic=st.sampled_from(TOPIC_NAMES))
     def unsubscribe(self, data: st.DataObject, topic: str) -> None:
-        self.do_unsubscribe(data.draw(st.sampled_from(sorted(self.clients))), topic)
+        self.do_unsubscribe(self._draw_client(data), topic)
 
     def do_unsubscribe(self, client_name: str, topic: str) -> None:
-        client = self.clients[client_name]
-        name = self.topic_names[topic]
-        client.send("unsubscribe", {"topic": name})
-        assert client.receive(STEP_TIMEOUT) == {
-            "type": "unsubscribed",
-            "payload": {"topic": name},
-        }
+        client, name = self._ask(client_name, "unsubscribe", topic, "unsubscribed")
         if name in client.topics:
             client.topics.discard(name)
             self._announce("leave", name, client)
@@ -438,7 +399,7 @@ class ClusterPresence(RuleBasedStateMachine):
     @precondition(lambda self: self.clients)
     @rule(data=st.data())
     def disconnect(self, data: st.DataObject) -> None:
-        self.do_disconnect(data.draw(st.sampled_from(sorted(self.clients))))
+        self.do_disconnect(self._draw_client(data))
 
     def do_disconnect(self, client_name: str) -> None:
         client = self.clients.pop(client_name)
@@ -449,39 +410,23 @@ class ClusterPresence(RuleBasedStateMachine):
 
     @rule(node=st.integers(0, NODES - 1))
     def kill(self, node: int) -> None:
-        process = self.cluster.nodes[node]
-        if process is None or sum(n is not None for n in self.cluster.nodes) == 1:
-            return  # keep one node alive, or there is nobody left to check
+        process = self._one_of_several(node)
+        if process is None:
+            return
         process.kill()
         killed_at = time.monotonic()
-        self.cluster.nodes[node] = None
-        gone = [client for client in self.clients.values() if client.node == node]
-        for client in gone:
-            del self.clients[client.name]
-            client.connection.close_socket()
-        marks = {client.name: len(client.expected) for client in self.clients.values()}
-        for client in gone:
-            for name in sorted(client.topics):
-                self._announce("leave", name, client)
-        # The documented bound: within presence_ttl * 4 / 3 of the kill. The
-        # dead node's leaves come in no particular order.
+        marks = self._forget_node(node)
+        # The documented bound: within presence_ttl * 4 / 3 of the kill.
         self._settle(deadline=killed_at + PROCESS_TTL * 4 / 3 + KILL_MARGIN, unordered_from=marks)
 
     @rule(node=st.integers(0, NODES - 1))
     def stop(self, node: int) -> None:
-        process = self.cluster.nodes[node]
-        if process is None or sum(n is not None for n in self.cluster.nodes) == 1:
+        process = self._one_of_several(node)
+        if process is None:
             return
-        gone = [client for client in self.clients.values() if client.node == node]
-        process.stop()
-        self.cluster.nodes[node] = None
-        for client in gone:
-            del self.clients[client.name]
-            client.connection.close_socket()
-        marks = {client.name: len(client.expected) for client in self.clients.values()}
-        for client in gone:
-            for name in sorted(client.topics):
-                self._announce("leave", name, client)
+        # SIGTERM: the node closes its clients and says goodbye, then exits with 0.
+        assert process.stop() == 0
+        marks = self._forget_node(node)
         # Said goodbye: its clients' leaves went out as they were closed.
         self._settle(unordered_from=marks)
 
@@ -489,6 +434,48 @@ class ClusterPresence(RuleBasedStateMachine):
     def restart(self, node: int) -> None:
         if self.cluster.nodes[node] is None:
             self.cluster.start(node)
+
+    # ----------------------------------------------------------- helpers
+
+    def _draw_client(self, data: st.DataObject) -> str:
+        return data.draw(st.sampled_from(sorted(self.clients)))
+
+    def _ask(
+        self, client_name: str, request: str, topic: str, reply: str
+    ) -> tuple[SyncClient, str]:
+        """Send ``request`` for ``topic``, expect ``reply``; the client and the topic's name."""
+        client = self.clients[client_name]
+        name = self.topic_names[topic]
+        client.send(request, {"topic": name})
+        assert client.receive(STEP_TIMEOUT) == {"type": reply, "payload": {"topic": name}}
+        return client, name
+
+    def _one_of_several(self, node: int) -> NodeProcess | None:
+        """The node's process, unless it is down or the last one up.
+
+        One node stays alive, or there is nobody left to check.
+        """
+        process = self.cluster.nodes[node]
+        if process is None or sum(n is not None for n in self.cluster.nodes) == 1:
+            return None
+        return process
+
+    def _forget_node(self, node: int) -> dict[str, int]:
+        """A node is gone: drop it and its clients, and expect their leaves.
+
+        Returns, per remaining client, how many events it expected before:
+        a node's leaves come in no particular order.
+        """
+        self.cluster.nodes[node] = None
+        gone = [client for client in self.clients.values() if client.node == node]
+        for client in gone:
+            del self.clients[client.name]
+            client.connection.close_socket()
+        marks = {client.name: len(client.expected) for client in self.clients.values()}
+        for client in gone:
+            for name in sorted(client.topics):
+                self._announce("leave", name, client)
+        return marks
 
     # ---------------------------------------------------------- checking
 

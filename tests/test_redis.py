@@ -17,15 +17,11 @@ import itertools
 import logging
 import math
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import coredis
-import orjson
 import psutil
 import pytest
 import trio
@@ -39,56 +35,20 @@ from trio_hub.backends import BackendUnavailableError
 from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, memory_connection
 
-from .redis_server import NodeProcess, RedisServer, free_port
+from .realws import receive, send
+from .redis_server import (
+    Cluster,
+    RedisServer,
+    eventually,
+    free_port,
+    node_cluster,
+    redis_client,
+    wait_for_channels,
+    wait_for_state,
+    wait_for_subscribers,
+)
 
 LIMIT = 30  # seconds, for any one test
-POLL = 0.01  # seconds between two looks at Redis' state
-
-
-@asynccontextmanager
-async def redis_client(url: str) -> AsyncIterator[coredis.Redis[bytes]]:
-    """A plain coredis client, to look at Redis' side."""
-    async with coredis.Redis.from_url(url) as client:
-        yield client
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll ``check`` until it holds; the caller's ``fail_after`` bounds it."""
-    # Polling, not an event: what changes is another process's state (Redis'),
-    # or the backend's view of it, which offers no event to wait on.
-    while not await check():  # noqa: ASYNC110
-        await trio.sleep(POLL)
-
-
-async def wait_for_channels(url: str, expected: set[bytes]) -> None:
-    """Wait until ``PUBSUB CHANNELS`` is exactly ``expected``."""
-    async with redis_client(url) as client:
-
-        async def matches() -> bool:
-            return await client.pubsub_channels() == expected
-
-        await eventually(matches)
-
-
-async def wait_for_subscribers(url: str, expected: dict[str, int]) -> None:
-    """Wait until ``PUBSUB NUMSUB`` gives each channel its expected count."""
-    async with redis_client(url) as client:
-
-        async def matches() -> bool:
-            counts = await client.pubsub_numsub(*expected)
-            return {channel.decode(): count for channel, count in counts.items()} == expected
-
-        await eventually(matches)
-
-
-async def wait_for_state(backend: RedisBackend, state: str) -> None:
-    """Wait until the backend reports ``state`` (it follows Redis' process)."""
-
-    async def matches() -> bool:
-        await trio.lowlevel.checkpoint()
-        return backend.statistics().state == state
-
-    await eventually(matches)
 
 
 @asynccontextmanager
@@ -459,27 +419,11 @@ async def burn_cpu() -> None:
 # -------------------------------------------- three nodes, three processes
 
 
-@dataclass
-class Cluster:
-    redis_url: str
-    prefix: str
-    nodes: list[NodeProcess]
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """One redis-server and three hub nodes in their own processes, for the module."""
-    server = RedisServer()
-    server.start()
-    nodes: list[NodeProcess] = []
-    try:
-        prefix = f"cluster-{uuid.uuid4().hex[:8]}"
-        nodes.extend(NodeProcess(server.url, prefix=prefix) for _ in range(3))
-        yield Cluster(server.url, prefix, nodes)
-    finally:
-        for node in nodes:
-            node.stop()
-        server.kill()
+    with node_cluster("cluster") as cluster:
+        yield cluster
 
 
 example_numbers = itertools.count()
@@ -596,16 +540,6 @@ async def websocket_client(
         # open when it is cancelled; close it, or a ResourceWarning follows.
         if connection is not None:
             await trio.aclose_forcefully(connection._stream)
-
-
-async def send(connection: WebSocketConnection, type: str, payload: object) -> None:
-    await connection.send_message(orjson.dumps({"type": type, "payload": payload}).decode())
-
-
-async def receive(connection: WebSocketConnection) -> dict[str, Any]:
-    message = orjson.loads(await connection.get_message())
-    assert isinstance(message, dict)
-    return message
 
 
 def as_sent(message: dict[str, Any]) -> tuple[int, int]:

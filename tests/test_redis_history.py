@@ -8,10 +8,8 @@ Redis through the ready server's wire protocol, over real WebSockets.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import threading
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,7 +42,8 @@ from trio_hub import (
 from trio_hub.backends.redis import RedisBackend
 from trio_hub.testing import MemoryClient, TestHub
 
-from .redis_server import NodeProcess, RedisServer
+from .realws import receive, send
+from .redis_server import Cluster, RedisServer, node_cluster, wait_for_state
 
 LIMIT = 30  # seconds, for any one test
 T = TypeVar("T")
@@ -164,8 +163,7 @@ async def test_redis_restart_while_clients_recover(redis_server: RedisServer) ->
             assert before == StreamPosition(5, before.epoch if before else "")
             await client.close()
             redis_server.kill()
-            while backend.statistics().state != "disconnected":  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await wait_for_state(backend, "disconnected")
             # Down: recovery and history fail with a clear error, counted.
             late = test_hub.connect(wire_capacity=math.inf)
             with pytest.raises(HistoryUnavailableError):
@@ -181,8 +179,7 @@ async def test_redis_restart_while_clients_recover(redis_server: RedisServer) ->
             assert (await live.receive()).payload == {"topic": "t", "n": 6}
             assert hub.statistics().history_local_only == 1
             redis_server.start()
-            while backend.statistics().state != "connected":  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await wait_for_state(backend, "connected")
             # The history did not survive: a new epoch says so.
             again = test_hub.connect(wire_capacity=math.inf)
             result = await test_hub.recover(again, "t", before)
@@ -205,15 +202,13 @@ async def test_unnumbered_delivery_changes_the_epoch(redis_server: RedisServer) 
             await hub.publish_with_position("t", item(1))
             redis_server.pause()
             try:
-                while backend.statistics().state != "disconnected":  # noqa: ASYNC110
-                    await trio.sleep(0.01)
+                await wait_for_state(backend, "disconnected")
                 hub.publish("t", item(2))  # reaches local clients only
                 with pytest.raises(HistoryUnavailableError):
                     await hub.publish_with_position("t", item(3))
             finally:
                 redis_server.resume()
-            while backend.statistics().state != "connected":  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await wait_for_state(backend, "connected")
             # Offset 1 survived in Redis, but 2 and 3 are in no history.
             result = await hub.history("t", since=start)
             assert not result.recovered
@@ -228,29 +223,11 @@ MAX_CLIENTS = 3
 example_numbers = itertools.count()
 
 
-@dataclass
-class Cluster:
-    redis_url: str
-    prefix: str
-    nodes: list[NodeProcess]
-
-
 @pytest.fixture(scope="module")
 def history_cluster() -> Iterator[Cluster]:
     """One redis-server and three hub nodes with history, for the module."""
-    server = RedisServer()
-    server.start()
-    nodes: list[NodeProcess] = []
-    try:
-        prefix = f"history-{uuid.uuid4().hex[:8]}"
-        nodes.extend(
-            NodeProcess(server.url, prefix=prefix, history_size=HISTORY_SIZE) for _ in range(3)
-        )
-        yield Cluster(server.url, prefix, nodes)
-    finally:
-        for node in nodes:
-            node.stop()
-        server.kill()
+    with node_cluster("history", str(HISTORY_SIZE)) as cluster:
+        yield cluster
 
 
 class _Loop:
@@ -281,16 +258,6 @@ class _Loop:
     def close(self) -> None:
         trio.from_thread.run_sync(self._stop.set, trio_token=self.token)
         self._thread.join(10)
-
-
-async def send(connection: WebSocketConnection, type_: str, payload: Any) -> None:
-    await connection.send_message(json.dumps({"type": type_, "payload": payload}))
-
-
-async def receive(connection: WebSocketConnection) -> dict[str, Any]:
-    frame = json.loads(await connection.get_message())
-    assert isinstance(frame, dict)
-    return frame
 
 
 @dataclass
@@ -484,15 +451,13 @@ async def test_the_wire_protocol_says_history_unavailable(redis_server: RedisSer
         async with open_hub(backend=backend, history_size=10, on_message=protocol_handler) as hub:
             test_hub = TestHub(hub)
             redis_server.kill()
-            while backend.statistics().state != "disconnected":  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await wait_for_state(backend, "disconnected")
             client = test_hub.connect()
             await client.send(Message("subscribe", {"topic": "news"}))
             await client.expect("error", {"code": "history_unavailable", "detail": ANY})
             assert client.server_side.topics == frozenset()
             redis_server.start()
-            while backend.statistics().state != "connected":  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            await wait_for_state(backend, "connected")
             await client.send(Message("subscribe", {"topic": "news"}))
             await client.expect("subscribed", {"topic": "news", "offset": 0, "epoch": ANY})
 

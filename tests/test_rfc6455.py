@@ -58,6 +58,17 @@ async def world(name: str) -> AsyncIterator[tuple[Hub, int]]:
         nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def raw_client(world_name: str) -> AsyncIterator[RawWebSocket]:
+    """A raw client of that :func:`world`, closed on the way out."""
+    async with world(world_name) as (_hub, port):
+        raw = await RawWebSocket.connect(port)
+        try:
+            yield raw
+        finally:
+            await raw.aclose()
+
+
 def frame(
     opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
 ) -> bytes:
@@ -101,61 +112,43 @@ async def echo_of(raw: RawWebSocket) -> object:
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_fragmented_message_is_one_message(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (_hub, port):
-            raw = await RawWebSocket.connect(port)
-            try:
-                text = json.dumps(
-                    {"type": "x", "payload": "héllo wörld"}, ensure_ascii=False
-                ).encode()
-                # Split inside a two-byte character: valid UTF-8 across fragments.
-                cut = text.index("é".encode()) + 1
-                await send_raw(raw, frame(OP_TEXT, text[:cut], fin=False))
-                await send_raw(raw, frame(OP_CONTINUATION, text[cut:-3], fin=False))
-                await send_raw(raw, frame(OP_CONTINUATION, text[-3:]))
-                assert await echo_of(raw) == "héllo wörld"
-            finally:
-                await raw.aclose()
+        async with raw_client(world_name) as raw:
+            text = json.dumps({"type": "x", "payload": "héllo wörld"}, ensure_ascii=False).encode()
+            # Split inside a two-byte character: valid UTF-8 across fragments.
+            cut = text.index("é".encode()) + 1
+            await send_raw(raw, frame(OP_TEXT, text[:cut], fin=False))
+            await send_raw(raw, frame(OP_CONTINUATION, text[cut:-3], fin=False))
+            await send_raw(raw, frame(OP_CONTINUATION, text[-3:]))
+            assert await echo_of(raw) == "héllo wörld"
 
 
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_control_frames_between_fragments_are_answered_in_place(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (_hub, port):
-            raw = await RawWebSocket.connect(port)
-            try:
-                text = b'{"type":"x","payload":42}'
-                await send_raw(raw, frame(OP_TEXT, text[:5], fin=False))
-                await send_raw(raw, frame(OP_PING, b"between"))
-                await send_raw(raw, frame(OP_PONG, b"unsolicited"))
-                await send_raw(raw, frame(OP_CONTINUATION, text[5:]))
-                assert await raw.receive_frame() == (OP_PONG, b"between")
-                assert await echo_of(raw) == 42
-            finally:
-                await raw.aclose()
+        async with raw_client(world_name) as raw:
+            text = b'{"type":"x","payload":42}'
+            await send_raw(raw, frame(OP_TEXT, text[:5], fin=False))
+            await send_raw(raw, frame(OP_PING, b"between"))
+            await send_raw(raw, frame(OP_PONG, b"unsolicited"))
+            await send_raw(raw, frame(OP_CONTINUATION, text[5:]))
+            assert await raw.receive_frame() == (OP_PONG, b"between")
+            assert await echo_of(raw) == 42
 
 
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_ping_of_125_bytes_is_answered(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (_hub, port):
-            raw = await RawWebSocket.connect(port)
-            try:
-                await send_raw(raw, frame(OP_PING, b"p" * 125))
-                assert await raw.receive_frame() == (OP_PONG, b"p" * 125)
-            finally:
-                await raw.aclose()
+        async with raw_client(world_name) as raw:
+            await send_raw(raw, frame(OP_PING, b"p" * 125))
+            assert await raw.receive_frame() == (OP_PONG, b"p" * 125)
 
 
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_close_from_the_peer_is_echoed(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (_hub, port):
-            raw = await RawWebSocket.connect(port)
-            try:
-                await send_raw(raw, frame(OP_CLOSE, struct.pack("!H", 4321) + b"bye"))
-                assert await outcome(raw) == 4321
-            finally:
-                await raw.aclose()
+        async with raw_client(world_name) as raw:
+            await send_raw(raw, frame(OP_CLOSE, struct.pack("!H", 4321) + b"bye"))
+            assert await outcome(raw) == 4321
 
 
 # ------------------------------------------------------------ what is not
@@ -237,28 +230,20 @@ INVALID_UTF8: Final = {
 @pytest.mark.parametrize("case", list(INVALID_UTF8))
 async def test_invalid_utf8_is_closed_with_1007(world_name: str, case: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (_hub, port):
-            raw = await RawWebSocket.connect(port)
-            try:
-                for data in INVALID_UTF8[case]:
-                    await send_raw(raw, data)
-                code = await outcome(raw)
-                if world_name == "serve_hub":
-                    assert code == 1007
-                else:
-                    assert code in (1007, TRIO_WEBSOCKET_CODE)
-            finally:
-                await raw.aclose()
+        async with raw_client(world_name) as raw:
+            for data in INVALID_UTF8[case]:
+                await send_raw(raw, data)
+            code = await outcome(raw)
+            if world_name == "serve_hub":
+                assert code == 1007
+            else:
+                assert code in (1007, TRIO_WEBSOCKET_CODE)
 
 
 @pytest.mark.parametrize("world_name", WORLDS)
 async def test_a_binary_message_is_closed_with_1003(world_name: str) -> None:
     with trio.fail_after(LIMIT):
-        async with world(world_name) as (_hub, port):
-            raw = await RawWebSocket.connect(port)
-            try:
-                await send_raw(raw, frame(OP_BINARY, b"\x00\x01", fin=False))
-                await send_raw(raw, frame(OP_CONTINUATION, b"\x02"))
-                assert await outcome(raw) == 1003
-            finally:
-                await raw.aclose()
+        async with raw_client(world_name) as raw:
+            await send_raw(raw, frame(OP_BINARY, b"\x00\x01", fin=False))
+            await send_raw(raw, frame(OP_CONTINUATION, b"\x02"))
+            assert await outcome(raw) == 1003

@@ -15,15 +15,14 @@ frame made its reader raise).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
-from trio_websocket import WebSocketConnection
 
 from trio_hub import Hub, JSONValue, Message, protocol_handler
 
+from ..realws import receive
 from ..wsclient import READ_AHEAD, connect_websocket
 from .conftest import Mode
 from .support import reset, rss, running, task_count, wait_until, wire
@@ -116,12 +115,6 @@ class OrderCheck:
             self.subscribed.add(topic)
         else:
             raise AssertionError(f"unexpected message {message!r}")
-
-
-async def receive(connection: WebSocketConnection) -> dict[str, object]:
-    message = json.loads(await connection.get_message())
-    assert isinstance(message, dict)
-    return message
 
 
 @dataclass
