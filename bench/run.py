@@ -41,6 +41,7 @@ import datetime
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -50,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,11 @@ LISTENING = re.compile(r"listening on ws://([^/\s]+):(\d+)/")
 START_TIMEOUT_S = 20.0
 QUIET_PERCENT = 20.0  # a core busier than this before a run means someone else is on it
 QUIET_WAIT_S = 30.0
+# trio_hub servers run with this API key (--api-key), so that run.py can read
+# /api/stats after each run (loopback only; the key guards nothing else).
+API_KEY = "bench"
+# What run.py keeps of a trio_hub server's /api/stats after each run.
+HUB_FIELDS = ("peak_queued_bytes", "intake_pauses", "queued_bytes", "unsent_bytes")
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class ServerSpec:
         description: One line for the report.
         unavailable: Returns why the server cannot run here, or ``None`` if it can.
         compression: Whether it takes ``--compression {off,deflate}`` (permessage-deflate).
+        hub_stats: Whether it is ``trio_hub serve``, whose ``/api/stats`` (with
+            ``--api-key``) is read after each run.
     """
 
     name: str
@@ -86,6 +95,7 @@ class ServerSpec:
     unavailable: Callable[[], str | None] = field(default=lambda: None)
     cwd: Path = ROOT
     compression: bool = False
+    hub_stats: bool = False
 
 
 def _trio_hub_unavailable() -> str | None:
@@ -189,6 +199,7 @@ SERVERS: dict[str, ServerSpec] = {
             "python -m trio_hub serve",
             _trio_hub_unavailable,
             compression=True,
+            hub_stats=True,
         ),
         ServerSpec(
             "trio_hub_asgi",
@@ -242,7 +253,13 @@ def baseline_spec(tree: Path) -> ServerSpec:
         The spec, named ``trio_hub_base``.
     """
     spec = SERVERS["trio_hub"]
-    return ServerSpec("trio_hub_base", spec.command, f"{spec.description} from {tree}", cwd=tree)
+    return ServerSpec(
+        "trio_hub_base",
+        spec.command,
+        f"{spec.description} from {tree}",
+        cwd=tree,
+        hub_stats=True,
+    )
 
 
 class RunResult(LoadgenResult):
@@ -250,6 +267,7 @@ class RunResult(LoadgenResult):
 
     background_busy_percent: list[float]
     load_average: list[float]  # 1, 5, 15 minutes, right after the run
+    hub: dict[str, float] | None  # HUB_FIELDS of a trio_hub server, after the run
 
 
 class OpenRunResult(OpenLoopResult):
@@ -257,6 +275,7 @@ class OpenRunResult(OpenLoopResult):
 
     background_busy_percent: list[float]
     load_average: list[float]  # 1, 5, 15 minutes, right after the run
+    hub: dict[str, float] | None  # HUB_FIELDS of a trio_hub server, after the run
 
 
 class OpenSummary(TypedDict):
@@ -281,6 +300,8 @@ class OpenSummary(TypedDict):
     loadgen_cpu_percent: float
     loadgen_core_busy_percent: float
     rss_peak_mib: float
+    held_peak_kib: float  # trio_hub only: the most its queues and streams held at once
+    intake_pauses: float  # trio_hub only: times its intake gate closed
     p95_each_repeat_ms: list[float]
 
 
@@ -375,6 +396,9 @@ def running_server(
         RuntimeError: It exited or did not announce its port in time.
     """
     command = [*spec.command, f"--compression={compression}"] if spec.compression else spec.command
+    if spec.hub_stats:
+        # With a key, clients may no longer publish by default: say they may.
+        command = [*command, f"--api-key={API_KEY}", "--client-publish=all"]
     process = subprocess.Popen(
         command,
         cwd=spec.cwd,
@@ -489,7 +513,29 @@ def run_once(
             **measured,
             "background_busy_percent": background,
             "load_average": list(os.getloadavg()),
+            "hub": hub_statistics(port) if spec.hub_stats else None,
         }
+
+
+def hub_statistics(port: int) -> dict[str, float] | None:
+    """A trio_hub server's own counters (``/api/stats``), or ``None`` if it has none.
+
+    Args:
+        port: The server's port; ``/api/stats`` is served beside the WebSockets.
+
+    Returns:
+        The :data:`HUB_FIELDS` it reports (a tree from before a field existed
+        lacks it), or ``None`` when the server has no such endpoint.
+    """
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/stats", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            stats = json.load(response)
+    except (OSError, ValueError):  # urllib.error.URLError is an OSError
+        return None
+    return {name: float(stats[name]) for name in HUB_FIELDS if name in stats}
 
 
 _Result = TypeVar("_Result", LoadgenResult, OpenLoopResult)
@@ -543,7 +589,13 @@ def summarize(server: str, clients: int, runs: Sequence[LoadgenResult]) -> Summa
     }
 
 
-def summarize_open(server: str, clients: int, runs: Sequence[OpenLoopResult]) -> OpenSummary:
+def _hub_max(runs: Sequence[OpenRunResult], name: str) -> float:
+    # The most over the repeats (a bound, not a typical value); NaN without it.
+    values = [hub[name] for run in runs if (hub := run.get("hub")) and name in hub]
+    return max(values) if values else float("nan")
+
+
+def summarize_open(server: str, clients: int, runs: Sequence[OpenRunResult]) -> OpenSummary:
     """Medians over the repeats of open-loop runs, as :func:`summarize` for closed ones."""
     median = _median_over(runs)
     return {
@@ -568,6 +620,8 @@ def summarize_open(server: str, clients: int, runs: Sequence[OpenLoopResult]) ->
         "server_core_busy_percent": median(lambda r: _core_busy(r, r["server_cpus"])),
         "loadgen_core_busy_percent": median(lambda r: _core_busy(r, r["loadgen_cpus"])),
         "rss_peak_mib": median(lambda r: r["rss_peak_bytes"] / 2**20),
+        "held_peak_kib": _hub_max(runs, "peak_queued_bytes") / 1024,
+        "intake_pauses": _hub_max(runs, "intake_pauses"),
         "p95_each_repeat_ms": [run["round_trip"]["p95_ms"] for run in runs],
     }
 
@@ -592,6 +646,10 @@ def most_clients(rows: Sequence[OpenSummary], limit_ms: float) -> dict[str, int]
     return best
 
 
+def _or_dash(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
 def format_open_table(rows: Sequence[OpenSummary], limit_ms: float, late_ms: float) -> str:
     """Render the open-loop summary as a fixed-width text table.
 
@@ -606,12 +664,13 @@ def format_open_table(rows: Sequence[OpenSummary], limit_ms: float, late_ms: flo
     header = (
         f"{'server':<18} {'N':>5} {'rtt p50':>8} {'p95':>7} {'p99':>7} {'p95/50':>6} "
         f"{'lag p50':>7} {'p99':>6} {'max':>6} {'late':>6} {'bc/s':>6} {'deliv/s':>8} "
-        f"{'us/dlv':>6} {'srv%':>4} {'core0%':>6} {'lg%':>4} {'core1%':>6} {'RSS':>5}"
+        f"{'us/dlv':>6} {'srv%':>4} {'core0%':>6} {'lg%':>4} {'core1%':>6} {'RSS':>5} "
+        f"{'held':>6} {'pauses':>6}"
     )
     units = (
         f"{'':<18} {'':>5} {'ms':>8} {'ms':>7} {'ms':>7} {'':>6} {'ms':>7} {'ms':>6} "
         f"{'ms':>6} {f'+{late_ms:.0f}ms':>6} {'':>6} {'':>8} {'cpu':>6} {'':>4} {'':>6} {'':>4} "
-        f"{'':>6} {'MiB':>5}"
+        f"{'':>6} {'MiB':>5} {'KiB':>6} {'':>6}"
     )
     lines = [header, units, "-" * len(header)]
     for row in rows:
@@ -624,7 +683,8 @@ def format_open_table(rows: Sequence[OpenSummary], limit_ms: float, late_ms: flo
             f"{row['deliveries_per_s']:>8.0f} {row['server_us_per_delivery']:>6.2f} "
             f"{row['server_cpu_percent']:>4.0f} {row['server_core_busy_percent']:>6.0f} "
             f"{row['loadgen_cpu_percent']:>4.0f} "
-            f"{row['loadgen_core_busy_percent']:>6.0f} {row['rss_peak_mib']:>5.0f}"
+            f"{row['loadgen_core_busy_percent']:>6.0f} {row['rss_peak_mib']:>5.0f} "
+            f"{_or_dash(row['held_peak_kib']):>6} {_or_dash(row['intake_pauses']):>6}"
         )
     lines.append("")
     for server, clients in most_clients(rows, limit_ms).items():
