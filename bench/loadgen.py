@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import hashlib
 import json
 import os
@@ -661,6 +662,7 @@ class Options:
     timeout: float
     load: str
     senders: int
+    in_flight: int
     warmup_seconds: float
     late_ms: float
     compression: bool
@@ -901,7 +903,9 @@ async def run(options: Options) -> LoadgenResult:
 # the next batch. Real publishers do not wait for subscribers, so the open loop has
 # ``--senders`` publishers (4, as websocket-shootout), each sending its next broadcast
 # as soon as its own ``broadcastResult`` arrives, whatever the receivers have got. The
-# server's intake is then paced only by how fast it answers the senders.
+# server's intake is then paced only by how fast it answers the senders. With
+# ``--in-flight K`` each sender keeps K broadcasts unanswered instead of one: a load
+# that outruns what the server can write, whatever it does.
 
 _OPEN_MARK: Final = b"~S"  # then 9 digits: the message id, unique over the run
 _OPEN_ID_DIGITS: Final = 9
@@ -926,6 +930,7 @@ class OpenLoopResult(WindowCosts):
     load: str
     clients: int
     senders: int
+    in_flight: int
     listener_count: int
     frame_bytes: int
     messages: int
@@ -1060,8 +1065,23 @@ class OpenSender(OpenReceiver):
     def __init__(self, tracker: OpenTracker, request: bytes, accept: bytes) -> None:
         super().__init__(tracker, request, accept)
         self.index = 0
-        self.waiting_for = -1
+        # The ids sent and not yet answered, oldest first: the server answers one
+        # connection's broadcasts in the order they were sent.
+        self.waiting_for: collections.deque[int] = collections.deque()
+        self.next_id = 0
         self.pad = ""
+
+    def start(self, in_flight: int) -> None:
+        """Send the first ``in_flight`` broadcasts (``index`` and ``pad`` are set)."""
+        self.next_id = self.index
+        for _ in range(in_flight):
+            self.publish_next()
+
+    def publish_next(self) -> None:
+        """Send this sender's next broadcast."""
+        message_id = self.next_id
+        self.next_id += self.tracker.senders
+        self.publish(message_id)
 
     def publish(self, message_id: int) -> None:
         """Send broadcast ``message_id`` and note when.
@@ -1073,7 +1093,7 @@ class OpenSender(OpenReceiver):
         tracker.grow(message_id)
         text = f'{{"type":"broadcast","payload":{{"seq":"~S{message_id:09d}","pad":"{self.pad}"}}}}'
         frame = mask_frame(_OP_TEXT, text.encode())
-        self.waiting_for = message_id
+        self.waiting_for.append(message_id)
         tracker.outstanding += 1
         if tracker.measuring:
             tracker.measured[message_id] = 1
@@ -1090,18 +1110,19 @@ class OpenSender(OpenReceiver):
         mark = buf.find(_OPEN_MARK, start, end)
         count = _LISTENER_COUNT.search(bytes(buf[start:end]))
         message_id = int(buf[mark + 2 : mark + 2 + _OPEN_ID_DIGITS]) if mark >= 0 else -1
-        if message_id != self.waiting_for or count is None:
+        waiting = self.waiting_for
+        if not waiting or message_id != waiting[0] or count is None:
             tracker.error(f"sender {self.index} got an unexpected result {buf[start:end]!r}")
             return
         tracker.listener_counts.add(int(count[1]))
         tracker.result_ns[message_id] = now
         tracker.last_result_ns = now
         tracker.outstanding -= 1
-        self.waiting_for = -1
+        waiting.popleft()
         if tracker.measured[message_id]:
             tracker.round_trips_ns.append(now - tracker.send_ns[message_id])
         if not tracker.stopping:
-            self.publish(message_id + tracker.senders)
+            self.publish_next()
         elif (
             tracker.outstanding == 0 and tracker.settled is not None and not tracker.settled.done()
         ):
@@ -1177,7 +1198,7 @@ async def run_open(options: Options) -> OpenLoopResult:
         sampler = asyncio.ensure_future(sample_rss())
         tracker.settled = loop.create_future()
         for sender in senders:
-            sender.publish(sender.index)
+            sender.start(options.in_flight)
         # The waits below are wall-clock phases of a benchmark, not synchronisation;
         # a protocol error or early close ends them at once through tracker.settled.
         await asyncio.wait({tracker.settled}, timeout=options.warmup_seconds)
@@ -1238,6 +1259,7 @@ async def run_open(options: Options) -> OpenLoopResult:
         "load": "open",
         "clients": options.clients,
         "senders": options.senders,
+        "in_flight": options.in_flight,
         "listener_count": listener_count,
         "frame_bytes": tracker.frame_bytes,
         "messages": messages,
@@ -1312,6 +1334,13 @@ def _parse(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--senders", type=int, default=4, help="open loop: publishers")
     parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="open loop: broadcasts each sender keeps unanswered (1: websocket-shootout's; "
+        "more: publishers that outrun the server)",
+    )
+    parser.add_argument(
         "--warmup-seconds", type=float, default=2.0, help="open loop: before the window"
     )
     parser.add_argument(
@@ -1333,6 +1362,8 @@ def _parse(argv: list[str] | None) -> Options:
         help="which receivers inflate and check compressed frames (the others count them)",
     )
     args = parser.parse_args(argv)
+    if args.in_flight < 1:
+        parser.error("--in-flight must be at least 1")
     return Options(**vars(args))
 
 

@@ -437,6 +437,7 @@ def run_once(
     compression: str = "off",
     payload: str = "x",
     check: str = "all",
+    in_flight: int = 1,
 ) -> RunResult:
     """One fresh server, one load generator run against it.
 
@@ -451,6 +452,7 @@ def run_once(
         compression: ``off`` or ``deflate`` (permessage-deflate, offered and required).
         payload: What pads the messages: ``x`` or ``words`` (see ``loadgen.py``).
         check: Which receivers inflate and check compressed frames: ``all`` or ``one``.
+        in_flight: Open loop: the broadcasts each sender keeps unanswered.
 
     Returns:
         What the load generator measured.
@@ -490,6 +492,7 @@ def run_once(
             command += [
                 "--load=open",
                 f"--warmup-seconds={OPEN_QUICK_WARMUP_S if quick else OPEN_WARMUP_S}",
+                f"--in-flight={in_flight}",
             ]
         # Bounded: connecting, warm-up and the window, plus every batch timing out once.
         limit = 120 + profile.seconds + 2 * profile.timeout + clients / 50
@@ -858,6 +861,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-clients; with --load both, the closed loop's only)",
     )
     parser.add_argument("--step", type=int, default=1000, help="open loop: N step")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="open loop: broadcasts each sender keeps unanswered (1, websocket-shootout's)",
+    )
     parser.add_argument("--max-clients", type=int, default=8000, help="open loop: last N")
     parser.add_argument(
         "--p95-limit-ms", type=float, default=500.0, help="open loop: for 'most clients'"
@@ -1001,6 +1010,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 mode,
                                 args.payload,
                                 args.check,
+                                args.in_flight,
                             )
                         except (RuntimeError, subprocess.TimeoutExpired) as exc:
                             status[name] = f"failed: {exc}"
@@ -1031,7 +1041,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if open_rows:
         if rows:
             print()
-        print("open loop (4 senders, each sends again on its own broadcastResult)")
+        window = "" if args.in_flight == 1 else f", {args.in_flight} in flight each"
+        print(f"open loop (4 senders, each sends again on its own broadcastResult{window})")
         print(format_open_table(open_rows, args.p95_limit_ms, 250.0))
     for name, state in status.items():
         if state != "ok":
